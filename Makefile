@@ -1,0 +1,55 @@
+# One entry point for set-up, checks and tests. Every target creates .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEV_STAMP := $(VENV)/.dev-installed
+SERVE_STAMP := $(VENV)/.serve-installed
+
+.PHONY: install install-dev system-deps lint typecheck imports test test-fast bench demo serve clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[train,serve]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(SERVE_STAMP)
+
+install: $(SERVE_STAMP)
+
+install-dev: $(DEV_STAMP)
+
+# Debian's Chromium drives the web page's end-to-end test (never a browser download).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium missing: run 'sudo apt-get install -y chromium'"; fi; }
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-dev
+	$(BIN)/mypy
+
+imports: install-dev
+	$(BIN)/lint-imports
+
+test: install-dev system-deps lint typecheck imports
+	$(BIN)/pytest
+
+test-fast: install-dev
+	$(BIN)/pytest -m "not slow and not integration"
+
+bench: install-dev
+	$(BIN)/python bench/train_speed.py
+
+demo: install
+	bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

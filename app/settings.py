@@ -1,0 +1,50 @@
+"""Service settings: one pydantic-settings class read from the environment (SPEC section 8).
+
+Nothing here is built at import time; `create_app(settings)` receives an instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service, one environment variable each (names are upper-case)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    database_url: str = "sqlite:///./tanp.db"
+    redis_url: str | None = None
+    models_dir: Path = Path("models")
+    active_model: str | None = None
+    device: str = "auto"
+    admin_token: str | None = None
+    cache_ttl_seconds: int = Field(default=3600, ge=1)
+    max_support: int = Field(default=100, ge=1, le=10_000)
+    max_body_bytes: int = Field(default=65_536, ge=1_024)
+    log_level: str = "INFO"
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    migrate_on_start: bool = False
+    data_dir: Path | None = Field(default=None, alias="TANP_DATA_DIR")
+    redis_timeout_seconds: float = Field(default=0.05, gt=0)
+    reconcile_seconds: float = Field(default=5.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (
+            value.startswith("cuda:") and value.removeprefix("cuda:").isdigit()
+        ):
+            return value
+        raise ValueError("DEVICE must be auto, cpu, cuda or cuda:N")

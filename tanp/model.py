@@ -1,0 +1,393 @@
+"""TaNP (Task-adaptive Neural Process, Lin et al., WWW 2021) as one batched torch module.
+
+Role-named parts: item/user embedding, latent encoder h_theta (-> z), task encoder, memory unit
+(global pool of cluster centres), FiLM / Gating-FiLM / plain decoder. Episodes arrive padded:
+every tensor has a batch axis B and a point axis N with a boolean mask. The model is pure: no
+losses, no optimiser. Knows nothing about files, data formats or the service.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+DecoderKind = Literal["film", "gating_film", "none"]
+UserInput = Literal["none", "unknown"]
+Aggregator = Literal["mean", "attention"]
+
+
+@dataclass(frozen=True)
+class TaNPConfig:
+    """Architecture of one TaNP; stored verbatim in every checkpoint manifest.
+
+    Defaults are the reference notebook's hyper-parameters (the `reference` preset).
+    `user_input="none"` drops the user id (every user is new at serving time);
+    `"unknown"` keeps a user table whose last row is a shared unknown-user embedding.
+    `item_prior_dim` > 0 feeds fixed item-side features (computed from train users only and
+    stored as the `item_prior` buffer) into the decoder beside the item embedding.
+    """
+
+    num_items: int
+    num_users: int = 0
+    user_input: UserInput = "none"
+    first_embedding_dim: int = 32
+    second_embedding_dim: int = 16
+    z1_dim: int = 32
+    z2_dim: int = 32
+    z_dim: int = 32
+    enc_h1_dim: int = 64
+    enc_h2_dim: int = 64
+    taskenc_h1_dim: int = 128
+    taskenc_h2_dim: int = 64
+    taskenc_final_dim: int = 64
+    clusters_k: int = 7
+    temperature: float = 1.0
+    dec_h1_dim: int = 128
+    dec_h2_dim: int = 128
+    dec_h3_dim: int = 128
+    dropout_rate: float = 0.0
+    decoder: DecoderKind = "film"
+    aggregator: Aggregator = "mean"
+    item_prior_dim: int = 0
+    label_min: float = 0.0
+    label_max: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1:
+            raise ValueError("num_items must be positive")
+        if self.user_input == "unknown" and self.num_users < 1:
+            raise ValueError("user_input='unknown' needs num_users >= 1")
+        if self.decoder not in ("film", "gating_film", "none"):
+            raise ValueError(f"unknown decoder {self.decoder!r}")
+        if self.aggregator not in ("mean", "attention"):
+            raise ValueError(f"unknown aggregator {self.aggregator!r}")
+
+    @property
+    def x_dim(self) -> int:
+        """Width of one point's input x: item embedding (+ user embedding) (+ item prior)."""
+        user = self.second_embedding_dim if self.user_input == "unknown" else 0
+        return self.second_embedding_dim + user + self.item_prior_dim
+
+    @property
+    def unknown_user(self) -> int:
+        """Row of the user table shared by every user not seen in training."""
+        return self.num_users
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TaNPConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model_config fields: {', '.join(unknown)}")
+        return cls(**values)
+
+
+class Gaussian(NamedTuple):
+    """A diagonal Gaussian over z: mean and log-variance, each (B, Z)."""
+
+    mu: Tensor
+    logvar: Tensor
+
+
+class TaskState(NamedTuple):
+    """Everything the decoder needs from a support set; what the service caches.
+
+    prior: q(z | context), each (B, Z); task: modulation input after the memory unit (B, T);
+    assignment: soft cluster assignment C (B, K).
+    """
+
+    prior: Gaussian
+    task: Tensor
+    assignment: Tensor
+
+
+class TaNPOutput(NamedTuple):
+    """One result type for every mode.
+
+    prediction: (B, Nt) scores of the targets; prior: q(z | context); posterior: q(z | target)
+    when target labels were given, else None; assignment: (B, K) cluster assignment.
+    """
+
+    prediction: Tensor
+    prior: Gaussian
+    posterior: Gaussian | None
+    assignment: Tensor
+
+
+def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index, (width_in, width_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(width_in, width_out))
+        if index < len(sizes) - 2:
+            layers.extend([nn.Dropout(dropout), nn.ReLU()])
+    return nn.Sequential(*layers)
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over axis 1 of (B, N, D) values where mask (B, N) is true; (B, D)."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class IdEmbedding(nn.Module):
+    """Two-layer embedding of an id: the reference's one-hot Linear -> ReLU -> Linear -> ReLU.
+
+    An `nn.Embedding` lookup equals the one-hot product with the first Linear's weight
+    (its bias is folded into the table), at a fraction of the cost.
+    """
+
+    def __init__(self, count: int, first_dim: int, second_dim: int) -> None:
+        super().__init__()
+        self.first = nn.Embedding(count, first_dim)
+        self.second = nn.Linear(first_dim, second_dim)
+        bound = 1.0 / math.sqrt(count)
+        nn.init.uniform_(self.first.weight, -2 * bound, 2 * bound)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids (...,) long -> (..., second_dim)."""
+        return F.relu(self.second(F.relu(self.first(ids))))
+
+
+class PointEncoder(nn.Module):
+    """Encodes every (x_i, y_i) pair and aggregates a task's points into one vector.
+
+    Used twice: as the latent path h_theta (-> z) and as the task encoder (-> task identity).
+    `mean` is the reference's aggregation; `attention` weighs points by a learned score.
+    """
+
+    def __init__(
+        self, *, x_dim: int, hidden: list[int], out_dim: int, dropout: float, aggregator: str
+    ) -> None:
+        super().__init__()
+        self.pairs = _mlp([x_dim + 1, *hidden, out_dim], dropout)
+        self.aggregator = aggregator
+        self.attention = nn.Linear(out_dim, 1) if aggregator == "attention" else None
+
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """x (B, N, X), y (B, N), mask (B, N) -> (B, out_dim)."""
+        encoded = self.pairs(torch.cat([x, y.unsqueeze(-1)], dim=-1))  # (B, N, D)
+        if self.attention is None:
+            return masked_mean(encoded, mask)
+        logits = self.attention(torch.tanh(encoded)).squeeze(-1)  # (B, N)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(logits, dim=1).nan_to_num(0.0).unsqueeze(-1)
+        return (encoded * weights).sum(1)
+
+
+class LatentHead(nn.Module):
+    """h -> (mu, log-variance) of z, as the reference's MuSigmaEncoder."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, z_dim: int) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(in_dim, hidden_dim)
+        self.mu = nn.Linear(hidden_dim, z_dim)
+        self.logvar = nn.Linear(hidden_dim, z_dim)
+
+    def forward(self, aggregated: Tensor) -> Gaussian:
+        hidden = torch.relu(self.hidden(aggregated))
+        return Gaussian(self.mu(hidden), self.logvar(hidden))
+
+
+class MemoryUnit(nn.Module):
+    """Global pool of k cluster centres; adds the soft-assigned centre to the task embedding.
+
+    C_k = (1 + ||t - c_k|| / tau)^(-(tau+1)/2), normalised over k (Student-t kernel, with the
+    reference's unsquared distance); t' = t + sum_k C_k c_k.
+    """
+
+    def __init__(self, clusters: int, dim: int, temperature: float) -> None:
+        super().__init__()
+        self.centres = nn.Parameter(nn.init.xavier_uniform_(torch.empty(clusters, dim)))
+        self.temperature = temperature
+
+    def forward(self, task: Tensor) -> tuple[Tensor, Tensor]:
+        """task (B, T) -> assignment (B, K), modulated task (B, T)."""
+        distance = torch.cdist(task, self.centres)  # (B, K)
+        kernel = torch.pow(distance / self.temperature + 1.0, -(self.temperature + 1.0) / 2.0)
+        assignment = kernel / kernel.sum(dim=1, keepdim=True)
+        return assignment, task + assignment @ self.centres
+
+
+class ModulatedDecoder(nn.Module):
+    """Three hidden layers over [x, z], each modulated by the task embedding, then one output.
+
+    film: h = h * tanh(W_g t) + tanh(W_b t); gating_film mixes gamma/beta with a sigmoid gate
+    and a third transform as in the reference's Gating_Decoder; none: no modulation.
+    """
+
+    def __init__(self, config: TaNPConfig) -> None:
+        super().__init__()
+        widths = [config.dec_h1_dim, config.dec_h2_dim, config.dec_h3_dim]
+        self.kind = config.decoder
+        self.input_x = nn.Linear(config.x_dim, widths[0])
+        self.input_z = nn.Linear(config.z_dim, widths[0], bias=False)
+        self.hidden = nn.ModuleList(
+            [nn.Linear(width_in, width_out) for width_in, width_out in zip(widths, widths[1:])]
+        )
+        transforms = {"film": 2, "gating_film": 4, "none": 0}[config.decoder]
+        self.modulation = nn.ModuleList(
+            [nn.Linear(config.taskenc_final_dim, width * transforms, bias=False) for width in widths]
+            if transforms
+            else []
+        )
+        self.dropout = nn.Dropout(config.dropout_rate)
+        self.output = nn.Linear(widths[-1], 1)
+
+    def first_layer_item_part(self, x: Tensor) -> Tensor:
+        """The item side of the first layer, W_x x + b: (..., X) -> (..., H1). Precomputable."""
+        return self.input_x(x)
+
+    def forward_from_first(self, first: Tensor, z: Tensor, task: Tensor) -> Tensor:
+        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T) -> scores (B, N) or (S, B, N)."""
+        hidden = first + self.input_z(z).unsqueeze(-2)
+        layers: list[nn.Module] = [nn.Identity(), *self.hidden]
+        for index, layer in enumerate(layers):
+            if index > 0:
+                hidden = layer(hidden)
+            if self.modulation:
+                hidden = self._modulate(hidden, self.modulation[index](task))
+            hidden = F.relu(self.dropout(hidden))
+        return self.output(hidden).squeeze(-1)
+
+    def _modulate(self, hidden: Tensor, transforms: Tensor) -> Tensor:
+        # transforms (B, width * m) broadcast over the point axis of hidden (..., B, N, width)
+        parts = transforms.unsqueeze(-2).chunk(2 if self.kind == "film" else 4, dim=-1)
+        gamma, beta = torch.tanh(parts[0]), torch.tanh(parts[1])
+        if self.kind == "gating_film":
+            eta, gate = torch.tanh(parts[2]), torch.sigmoid(parts[3])
+            gamma = gamma * gate + eta * (1 - gate)
+            beta = beta * gate + eta * (1 - gate)
+        return hidden * gamma + beta
+
+
+class TaNP(nn.Module):
+    """Support set -> (z, task identity) -> modulated decoder scores for any items.
+
+    Buffers `item_popularity` (positive counts among train users, for the popularity fallback)
+    and `item_prior` (fixed decoder features) travel with the weights.
+    """
+
+    def __init__(self, config: TaNPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.item_embedding = IdEmbedding(
+            config.num_items, config.first_embedding_dim, config.second_embedding_dim
+        )
+        self.user_embedding = (
+            IdEmbedding(config.num_users + 1, config.first_embedding_dim, config.second_embedding_dim)
+            if config.user_input == "unknown"
+            else None
+        )
+        self.latent_encoder = PointEncoder(
+            x_dim=config.x_dim,
+            hidden=[config.enc_h1_dim, config.enc_h2_dim],
+            out_dim=config.z1_dim,
+            dropout=config.dropout_rate,
+            aggregator=config.aggregator,
+        )
+        self.latent_head = LatentHead(config.z1_dim, config.z2_dim, config.z_dim)
+        self.task_encoder = PointEncoder(
+            x_dim=config.x_dim,
+            hidden=[config.taskenc_h1_dim, config.taskenc_h2_dim],
+            out_dim=config.taskenc_final_dim,
+            dropout=config.dropout_rate,
+            aggregator=config.aggregator,
+        )
+        self.memory = MemoryUnit(config.clusters_k, config.taskenc_final_dim, config.temperature)
+        self.decoder = ModulatedDecoder(config)
+        self.register_buffer("item_popularity", torch.zeros(config.num_items))
+        self.register_buffer("item_prior", torch.zeros(config.num_items, config.item_prior_dim))
+
+    def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
+        """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
+        parts = [self.item_embedding(items)]
+        if self.user_embedding is not None:
+            if users is None:
+                users = torch.full(
+                    items.shape[:1], self.config.unknown_user, dtype=torch.long, device=items.device
+                )
+            user = self.user_embedding(users).unsqueeze(1).expand(-1, items.shape[1], -1)
+            parts.append(user)
+        if self.config.item_prior_dim:
+            parts.append(self.item_prior[items])
+        return torch.cat(parts, dim=-1)
+
+    def encode(self, x: Tensor, labels: Tensor, mask: Tensor) -> TaskState:
+        """Context points x (B, N, X), labels (B, N), mask (B, N) -> TaskState."""
+        prior = self.latent_head(self.latent_encoder(x, labels, mask))
+        assignment, task = self.memory(self.task_encoder(x, labels, mask))
+        return TaskState(prior, task, assignment)
+
+    def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
+        """q(z | points): the latent path alone, used for the posterior over targets."""
+        return self.latent_head(self.latent_encoder(x, labels, mask))
+
+    def decode(self, x: Tensor, z: Tensor, task: Tensor) -> Tensor:
+        """Targets x (B, N, X), z (B, Z), task (B, T) -> scores (B, N)."""
+        return self.decoder.forward_from_first(self.decoder.first_layer_item_part(x), z, task)
+
+    def forward(
+        self,
+        *,
+        context_items: Tensor,
+        context_labels: Tensor,
+        context_mask: Tensor,
+        target_items: Tensor,
+        target_labels: Tensor | None = None,
+        target_mask: Tensor | None = None,
+        users: Tensor | None = None,
+        sample: bool = False,
+    ) -> TaNPOutput:
+        """Score targets given a context; with target labels also return q(z | target).
+
+        Training (the reference): sample=True with target labels draws z from q(z | target).
+        Inference: sample=False uses the mean of q(z | context), so scores are deterministic.
+        """
+        context_x = self.point_inputs(context_items, users)
+        target_x = self.point_inputs(target_items, users)
+        state = self.encode(context_x, context_labels, context_mask)
+        posterior = None
+        if target_labels is not None:
+            if target_mask is None:
+                target_mask = torch.ones_like(target_labels, dtype=torch.bool)
+            posterior = self.latent(target_x, target_labels, target_mask)
+        source = posterior if posterior is not None else state.prior
+        z = reparameterise(source) if sample else source.mu
+        prediction = self.decode(target_x, z, state.task)
+        return TaNPOutput(prediction, state.prior, posterior, state.assignment)
+
+
+def reparameterise(gaussian: Gaussian, generator: torch.Generator | None = None) -> Tensor:
+    """One draw z = mu + exp(logvar / 2) * eps, eps ~ N(0, I)."""
+    std = torch.exp(0.5 * gaussian.logvar)
+    noise = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
+    return gaussian.mu + std * noise
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the reference notebook / train_TaNP.py defaults
+    "reference": {},
+    # the authors' train.sh dimensions
+    "train_sh": {
+        "first_embedding_dim": 32,
+        "second_embedding_dim": 16,
+        "enc_h1_dim": 32,
+        "enc_h2_dim": 16,
+        "taskenc_h1_dim": 32,
+        "taskenc_h2_dim": 32,
+        "taskenc_final_dim": 16,
+        "clusters_k": 10,
+        "dec_h1_dim": 32,
+        "dec_h2_dim": 32,
+        "dec_h3_dim": 16,
+    },
+}
