@@ -64,7 +64,9 @@ def make_probe(model: TaNP, *, top: int = 10) -> dict[str, Any]:
     liked = [int(index) for index in by_popularity[:3]]
     disliked = [int(by_popularity[-1])]
     items = liked + [index for index in disliked if index not in liked]
-    labels = [model.config.label_max] * len(liked) + [model.config.label_min] * (len(items) - len(liked))
+    labels = [model.config.label_max] * len(liked) + [model.config.label_min] * (
+        len(items) - len(liked)
+    )
     scorer = Scorer(model)
     scores = scorer.scores(scorer.encode_one(items, labels))[0].cpu().numpy()
     best = rank(scores, k=top, exclude=items)
@@ -101,7 +103,9 @@ def save_checkpoint(
         raise ValueError(f"{len(items)} item ids for a model with {model.config.num_items} items")
     run_dir.mkdir(parents=True, exist_ok=True)
     weights_path = run_dir / WEIGHTS_FILE
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    state = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
     save_file(state, str(weights_path), metadata={"format_version": str(FORMAT_VERSION)})
     manifest: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -125,7 +129,9 @@ def save_checkpoint(
 def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
     path = run_dir / MANIFEST_FILE
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    temporary.write_text(
+        json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     temporary.replace(path)
 
 
@@ -142,7 +148,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
+            f"{path}: format_version {version!r} is not supported "
+            f"(this code reads {FORMAT_VERSION})"
         )
     for key in ("version", "model_config", "items", "weights_sha256", "probe"):
         if key not in manifest:
@@ -185,14 +192,18 @@ def build_model(
     try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as error:
-        raise CheckpointError(f"{weights_path}: not a readable safetensors file: {error}") from error
+        raise CheckpointError(
+            f"{weights_path}: not a readable safetensors file: {error}"
+        ) from error
     model = TaNP(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()
         detail = " ".join(line.strip() for line in first_line[:3])
-        raise CheckpointError(f"{weights_path}: weights do not fit model_config: {detail}") from error
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit model_config: {detail}"
+        ) from error
     model.to(target)
     scorer = Scorer(model)
     if check:

@@ -9,6 +9,7 @@ losses, no optimiser. Knows nothing about files, data formats or the service.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -29,6 +30,9 @@ class TaNPConfig:
     Defaults are the reference notebook's hyper-parameters (the `reference` preset).
     `user_input="none"` drops the user id (every user is new at serving time);
     `"unknown"` keeps a user table whose last row is a shared unknown-user embedding.
+    `film_gamma_offset` = 1 centres FiLM's scale at identity (gamma = 1 + tanh(W t)); the
+    reference's 0 scales every hidden unit by ~tanh(0) at initialisation, which is why its
+    predictions stay nearly constant for most of training.
     `item_prior_dim` > 0 feeds fixed item-side features (computed from train users only and
     stored as the `item_prior` buffer) into the decoder beside the item embedding.
     """
@@ -55,6 +59,9 @@ class TaNPConfig:
     decoder: DecoderKind = "film"
     aggregator: Aggregator = "mean"
     item_prior_dim: int = 0
+    film_gamma_offset: float = 0.0
+    embedding_init_std: float = 0.0
+    logvar_init: float = 0.0
     label_min: float = 0.0
     label_max: float = 1.0
 
@@ -125,7 +132,7 @@ class TaNPOutput(NamedTuple):
 
 def _mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for index, (width_in, width_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for index, (width_in, width_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(width_in, width_out))
         if index < len(sizes) - 2:
             layers.extend([nn.Dropout(dropout), nn.ReLU()])
@@ -145,12 +152,18 @@ class IdEmbedding(nn.Module):
     (its bias is folded into the table), at a fraction of the cost.
     """
 
-    def __init__(self, count: int, first_dim: int, second_dim: int) -> None:
+    def __init__(
+        self, count: int, first_dim: int, second_dim: int, *, init_std: float = 0.0
+    ) -> None:
         super().__init__()
         self.first = nn.Embedding(count, first_dim)
         self.second = nn.Linear(first_dim, second_dim)
-        bound = 1.0 / math.sqrt(count)
-        nn.init.uniform_(self.first.weight, -2 * bound, 2 * bound)
+        if init_std > 0:
+            nn.init.normal_(self.first.weight, std=init_std)
+        else:
+            # the one-hot Linear's default init: weight and bias each U(+-1/sqrt(count))
+            bound = 1.0 / math.sqrt(count)
+            nn.init.uniform_(self.first.weight, -2 * bound, 2 * bound)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids (...,) long -> (..., second_dim)."""
@@ -186,11 +199,16 @@ class PointEncoder(nn.Module):
 class LatentHead(nn.Module):
     """h -> (mu, log-variance) of z, as the reference's MuSigmaEncoder."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, z_dim: int) -> None:
+    def __init__(
+        self, in_dim: int, hidden_dim: int, z_dim: int, *, logvar_init: float = 0.0
+    ) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_dim, hidden_dim)
         self.mu = nn.Linear(hidden_dim, z_dim)
         self.logvar = nn.Linear(hidden_dim, z_dim)
+        if logvar_init:
+            # start with a narrow q(z) so early samples of z carry signal, not noise
+            nn.init.constant_(self.logvar.bias, logvar_init)
 
     def forward(self, aggregated: Tensor) -> Gaussian:
         hidden = torch.relu(self.hidden(aggregated))
@@ -228,14 +246,18 @@ class ModulatedDecoder(nn.Module):
         super().__init__()
         widths = [config.dec_h1_dim, config.dec_h2_dim, config.dec_h3_dim]
         self.kind = config.decoder
+        self.gamma_offset = config.film_gamma_offset
         self.input_x = nn.Linear(config.x_dim, widths[0])
         self.input_z = nn.Linear(config.z_dim, widths[0], bias=False)
         self.hidden = nn.ModuleList(
-            [nn.Linear(width_in, width_out) for width_in, width_out in zip(widths, widths[1:])]
+            [nn.Linear(width_in, width_out) for width_in, width_out in itertools.pairwise(widths)]
         )
         transforms = {"film": 2, "gating_film": 4, "none": 0}[config.decoder]
         self.modulation = nn.ModuleList(
-            [nn.Linear(config.taskenc_final_dim, width * transforms, bias=False) for width in widths]
+            [
+                nn.Linear(config.taskenc_final_dim, width * transforms, bias=False)
+                for width in widths
+            ]
             if transforms
             else []
         )
@@ -247,7 +269,9 @@ class ModulatedDecoder(nn.Module):
         return self.input_x(x)
 
     def forward_from_first(self, first: Tensor, z: Tensor, task: Tensor) -> Tensor:
-        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T) -> scores (B, N) or (S, B, N)."""
+        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T).
+
+        Returns scores (B, N), or (S, B, N) for S draws of z."""
         hidden = first + self.input_z(z).unsqueeze(-2)
         layers: list[nn.Module] = [nn.Identity(), *self.hidden]
         for index, layer in enumerate(layers):
@@ -266,7 +290,7 @@ class ModulatedDecoder(nn.Module):
             eta, gate = torch.tanh(parts[2]), torch.sigmoid(parts[3])
             gamma = gamma * gate + eta * (1 - gate)
             beta = beta * gate + eta * (1 - gate)
-        return hidden * gamma + beta
+        return hidden * (gamma + self.gamma_offset) + beta
 
 
 class TaNP(nn.Module):
@@ -276,14 +300,22 @@ class TaNP(nn.Module):
     and `item_prior` (fixed decoder features) travel with the weights.
     """
 
+    item_popularity: Tensor
+    item_prior: Tensor
+
     def __init__(self, config: TaNPConfig) -> None:
         super().__init__()
         self.config = config
         self.item_embedding = IdEmbedding(
-            config.num_items, config.first_embedding_dim, config.second_embedding_dim
+            config.num_items,
+            config.first_embedding_dim,
+            config.second_embedding_dim,
+            init_std=config.embedding_init_std,
         )
         self.user_embedding = (
-            IdEmbedding(config.num_users + 1, config.first_embedding_dim, config.second_embedding_dim)
+            IdEmbedding(
+                config.num_users + 1, config.first_embedding_dim, config.second_embedding_dim
+            )
             if config.user_input == "unknown"
             else None
         )
@@ -294,7 +326,9 @@ class TaNP(nn.Module):
             dropout=config.dropout_rate,
             aggregator=config.aggregator,
         )
-        self.latent_head = LatentHead(config.z1_dim, config.z2_dim, config.z_dim)
+        self.latent_head = LatentHead(
+            config.z1_dim, config.z2_dim, config.z_dim, logvar_init=config.logvar_init
+        )
         self.task_encoder = PointEncoder(
             x_dim=config.x_dim,
             hidden=[config.taskenc_h1_dim, config.taskenc_h2_dim],

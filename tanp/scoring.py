@@ -9,6 +9,7 @@ Knows nothing about HTTP, databases or files.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -80,7 +81,9 @@ class Scorer:
         return self.model.decoder.forward_from_first(first, z, state.task)
 
 
-def rank(scores: np.ndarray, *, k: int | None = None, exclude: np.ndarray | None = None) -> np.ndarray:
+def rank(
+    scores: np.ndarray, *, k: int | None = None, exclude: np.ndarray | Sequence[int] | None = None
+) -> np.ndarray:
     """Indices of `scores` (N,) from best to worst; ties keep the lower index first.
 
     Excluded indices never appear; k cuts the list. Used offline and online alike.
@@ -106,7 +109,9 @@ def pack_state(state: TaskState) -> bytes:
         tensor.detach().to("cpu", torch.float32).reshape(-1)
         for tensor in (state.prior.mu, state.prior.logvar, state.task, state.assignment)
     )
-    header = _STATE_HEADER.pack(_STATE_MAGIC, _STATE_VERSION, mu.numel(), task.numel(), assignment.numel())
+    header = _STATE_HEADER.pack(
+        _STATE_MAGIC, _STATE_VERSION, mu.numel(), task.numel(), assignment.numel()
+    )
     body = torch.cat([mu, logvar, task, assignment]).numpy().astype("<f4").tobytes()
     return header + body
 

@@ -1,0 +1,113 @@
+"""Run directory round trip and every refusal of a damaged checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tanp.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    build_model,
+    save_checkpoint,
+    sha256_file,
+)
+from tanp.model import TaNP, TaNPConfig
+from training.data import load_interactions
+from training.episodes import random_split
+from training.evaluate import tanp_scores
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / run.name
+    shutil.copytree(run, target)
+    return target
+
+
+def test_train_save_load_gives_identical_scores(trained_run: Path, synthetic_csv: Path) -> None:
+    """train 2 epochs -> save -> build_model -> the same scores as the metrics were computed on."""
+    manifest = json.loads((trained_run / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["weights_sha256"] == sha256_file(trained_run / "model.safetensors")
+    assert {"model_config", "train_config", "data", "items", "probe", "metrics"} <= set(manifest)
+    loaded = build_model(trained_run, "cpu")
+    prepared = random_split(load_interactions(synthetic_csv), seed=1)
+    episodes = prepared.episodes["test"]
+    reloaded = build_model(trained_run, "cpu")
+    first = tanp_scores(loaded.model, episodes)
+    second = tanp_scores(reloaded.model, episodes)
+    assert first.shape == (len(episodes), len(prepared.interactions.item_ids))
+    assert (first == second).all()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert manifest["metrics"] == metrics["test"]
+
+
+def test_flipped_byte_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    run = _copy(trained_run, tmp_path)
+    weights = run / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256"):
+        build_model(run)
+
+
+def test_wrong_shapes_are_refused_even_with_a_matching_hash(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    run = _copy(trained_run, tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    other = TaNP(TaNPConfig.from_dict({**manifest["model_config"], "dec_h1_dim": 7}))
+    save_file(
+        {k: v.contiguous() for k, v in other.state_dict().items()}, str(run / "model.safetensors")
+    )
+    manifest["weights_sha256"] = sha256_file(run / "model.safetensors")
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="do not fit model_config"):
+        build_model(run)
+
+
+def test_unknown_format_version_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    run = _copy(trained_run, tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="format_version 99"):
+        build_model(run)
+
+
+def test_missing_and_garbled_manifests_are_refused(trained_run: Path, tmp_path: Path) -> None:
+    run = _copy(trained_run, tmp_path)
+    (run / "manifest.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable manifest"):
+        build_model(run)
+    (run / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="no manifest"):
+        build_model(run)
+
+
+def test_probe_mismatch_is_refused(trained_run: Path, tmp_path: Path) -> None:
+    run = _copy(trained_run, tmp_path)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["probe"]["top_scores"] = [score + 1.0 for score in manifest["probe"]["top_scores"]]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="probe"):
+        build_model(run)
+
+
+def test_weights_are_plain_tensors_without_pickle(trained_run: Path) -> None:
+    tensors = load_file(str(trained_run / "model.safetensors"))
+    assert all(isinstance(value, torch.Tensor) for value in tensors.values())
+    assert "item_popularity" in tensors
+
+
+def test_save_refuses_mismatched_item_list(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="item ids"):
+        save_checkpoint(
+            tmp_path / "x", model=TaNP(TaNPConfig(num_items=3)), items=["a"], version="x"
+        )

@@ -1,0 +1,114 @@
+"""TaNP module: shapes in every mode, masking, the embedding shortcut, memory unit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from tanp.model import IdEmbedding, MemoryUnit, TaNP, TaNPConfig, TaNPOutput
+
+
+def _batch(num_items: int = 30, batch: int = 3, width: int = 8) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    items = torch.randint(0, num_items, (batch, width), generator=generator)
+    labels = torch.randint(0, 2, (batch, width), generator=generator).float()
+    return {"items": items, "labels": labels}
+
+
+@pytest.mark.parametrize("decoder", ["film", "gating_film", "none"])
+@pytest.mark.parametrize("user_input", ["none", "unknown"])
+@pytest.mark.parametrize("aggregator", ["mean", "attention"])
+def test_forward_returns_one_type_in_train_and_eval(
+    decoder: str, user_input: str, aggregator: str
+) -> None:
+    config = TaNPConfig(
+        num_items=30, num_users=5, user_input=user_input, decoder=decoder, aggregator=aggregator
+    )  # type: ignore[arg-type]
+    model = TaNP(config)
+    data = _batch()
+    mask = torch.ones_like(data["labels"], dtype=torch.bool)
+    trained = model.train()(
+        context_items=data["items"],
+        context_labels=data["labels"],
+        context_mask=mask,
+        target_items=data["items"],
+        target_labels=data["labels"],
+        target_mask=mask,
+        sample=True,
+    )
+    evaluated = model.eval()(
+        context_items=data["items"],
+        context_labels=data["labels"],
+        context_mask=mask,
+        target_items=data["items"],
+    )
+    for output in (trained, evaluated):
+        assert isinstance(output, TaNPOutput)
+        assert output.prediction.shape == (3, 8)
+        assert output.assignment.shape == (3, config.clusters_k)
+    assert trained.posterior is not None and evaluated.posterior is None
+
+
+def test_padding_does_not_change_scores() -> None:
+    model = TaNP(TaNPConfig(num_items=30)).eval()
+    data = _batch(width=6)
+    padded_items = torch.cat([data["items"], torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    padded_labels = torch.cat([data["labels"], torch.ones(3, 4)], dim=1)
+    mask = torch.arange(10)[None, :].expand(3, -1) < 6
+    plain = model(
+        context_items=data["items"],
+        context_labels=data["labels"],
+        context_mask=torch.ones(3, 6, dtype=torch.bool),
+        target_items=data["items"],
+    )
+    padded = model(
+        context_items=padded_items,
+        context_labels=padded_labels,
+        context_mask=mask,
+        target_items=data["items"],
+    )
+    torch.testing.assert_close(plain.prediction, padded.prediction)
+
+
+def test_eval_is_deterministic_and_sampling_is_not() -> None:
+    model = TaNP(TaNPConfig(num_items=30)).eval()
+    data = _batch()
+    mask = torch.ones_like(data["labels"], dtype=torch.bool)
+    kwargs = {
+        "context_items": data["items"],
+        "context_labels": data["labels"],
+        "context_mask": mask,
+        "target_items": data["items"],
+    }
+    assert torch.equal(model(**kwargs).prediction, model(**kwargs).prediction)
+    assert not torch.equal(model(**kwargs, sample=True).prediction, model(**kwargs).prediction)
+
+
+def test_embedding_lookup_equals_one_hot_linear() -> None:
+    embedding = IdEmbedding(12, 5, 4)
+    ids = torch.tensor([0, 7, 11])
+    one_hot = F.one_hot(ids, 12).float()
+    first = F.relu(one_hot @ embedding.first.weight)
+    expected = F.relu(embedding.second(first))
+    torch.testing.assert_close(embedding(ids), expected)
+
+
+def test_memory_unit_assignment_is_a_distribution_over_clusters() -> None:
+    memory = MemoryUnit(clusters=4, dim=6, temperature=1.0)
+    task = torch.randn(5, 6)
+    assignment, modulated = memory(task)
+    torch.testing.assert_close(assignment.sum(1), torch.ones(5))
+    torch.testing.assert_close(modulated, task + assignment @ memory.centres)
+    # the closest centre gets the largest weight
+    centre_task = memory.centres.detach()[2:3]
+    assert memory(centre_task)[0].argmax().item() == 2
+
+
+def test_config_round_trip_and_validation() -> None:
+    config = TaNPConfig(num_items=10, decoder="gating_film", film_gamma_offset=1.0)
+    assert TaNPConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model_config fields"):
+        TaNPConfig.from_dict({**config.to_dict(), "bogus": 1})
+    with pytest.raises(ValueError, match="decoder"):
+        TaNPConfig(num_items=10, decoder="mlp")  # type: ignore[arg-type]

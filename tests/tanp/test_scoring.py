@@ -1,0 +1,74 @@
+"""The shared inference path: scorer equals the module's forward, ranking, cache bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tanp.model import TaNP, TaNPConfig
+from tanp.scoring import Scorer, pack_state, popularity_ranking, rank, unpack_state
+
+
+@pytest.fixture
+def model() -> TaNP:
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=25, film_gamma_offset=1.0))
+    model.item_popularity.copy_(torch.arange(25, dtype=torch.float32) % 7)
+    return model.eval()
+
+
+def test_scorer_matches_forward_on_candidates_and_catalog(model: TaNP) -> None:
+    scorer = Scorer(model)
+    items = torch.tensor([[1, 4, 9, 12]])
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    state = scorer.encode(items=items, labels=labels)
+    catalog = scorer.scores(state)
+    candidates = torch.tensor([[3, 5, 24]])
+    forward = model(
+        context_items=items,
+        context_labels=labels,
+        context_mask=torch.ones_like(items, dtype=torch.bool),
+        target_items=candidates,
+    )
+    torch.testing.assert_close(scorer.scores(state, candidates=candidates), forward.prediction)
+    torch.testing.assert_close(catalog[:, [3, 5, 24]], forward.prediction)
+
+
+def test_empty_support_scores_every_item(model: TaNP) -> None:
+    scorer = Scorer(model)
+    assert scorer.scores(scorer.encode_one([], [])).shape == (1, 25)
+
+
+def test_sampled_scores_shape_bounds_and_seed(model: TaNP) -> None:
+    scorer = Scorer(model)
+    state = scorer.encode_one([1, 2], [1.0, 0.0])
+    first = scorer.sampled_scores(state, samples=4, generator=torch.Generator().manual_seed(3))
+    again = scorer.sampled_scores(state, samples=4, generator=torch.Generator().manual_seed(3))
+    assert first.shape == (4, 1, 25)
+    assert torch.equal(first, again)
+    with pytest.raises(ValueError, match="samples"):
+        scorer.sampled_scores(state, samples=33)
+
+
+def test_rank_is_stable_and_excludes() -> None:
+    scores = np.array([0.5, 0.9, 0.5, 0.1, 0.9])
+    assert rank(scores).tolist() == [1, 4, 0, 2, 3]
+    assert rank(scores, k=2, exclude=[1]).tolist() == [4, 0]
+
+
+def test_popularity_ranking(model: TaNP) -> None:
+    order = popularity_ranking(model)
+    assert order[0] == 6 and order[1] == 13
+    assert sorted(order.tolist()) == list(range(25))
+
+
+def test_state_bytes_round_trip_and_refuse_garbage(model: TaNP) -> None:
+    scorer = Scorer(model)
+    state = scorer.encode_one([1, 2, 3], [1.0, 1.0, 0.0])
+    restored = unpack_state(pack_state(state))
+    torch.testing.assert_close(scorer.scores(restored), scorer.scores(state))
+    payload = pack_state(state)
+    for broken in (payload[:10], b"XXXX" + payload[4:], payload + b"\0"):
+        with pytest.raises(ValueError):
+            unpack_state(broken)

@@ -1,0 +1,298 @@
+"""Interaction loaders for the three input formats of SPEC section 3.
+
+1. `ratings_final.txt` (TaNP/KGCN: `user item label`, tab separated, no header);
+2. raw HetRec `user_artists.dat` + `item_index2entity_id.txt` (rebuilds the same 3,846-item
+   dataset with HetRec artist ids, negatives drawn exactly as the KGCN/MKR script did);
+3. a generic `user,item,rating` CSV/TSV with a header.
+Malformed input raises `DataError` naming the file and line. Knows nothing about episodes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+DataFormat = Literal["auto", "ratings", "hetrec", "generic"]
+RATINGS_FILE = "ratings_final.txt"
+HETREC_INTERACTIONS = "user_artists.dat"
+KG_ITEM_INDEX = "item_index2entity_id.txt"
+ARTISTS_FILE = "artists.dat"
+KGCN_NEGATIVE_SEED = 555
+
+
+class DataError(Exception):
+    """An input file that is missing or malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """All (user, item, label) rows with dense internal indices.
+
+    users/items index `user_ids`/`item_ids` (external ids, strings); rows keep file order.
+    """
+
+    user_ids: list[str]
+    item_ids: list[str]
+    users: np.ndarray
+    items: np.ndarray
+    labels: np.ndarray
+    item_names: list[str] | None
+    source: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def label_min(self) -> float:
+        return float(self.labels.min()) if self.labels.size else 0.0
+
+    @property
+    def label_max(self) -> float:
+        return float(self.labels.max()) if self.labels.size else 1.0
+
+    @property
+    def positive_threshold(self) -> float:
+        """Labels at or above this count as relevant: 1 for 0/1 data, 4 on a 1-5 scale."""
+        low, high = self.label_min, self.label_max
+        if set(np.unique(self.labels).tolist()) <= {0.0, 1.0}:
+            return 1.0
+        return low + 0.75 * (high - low)
+
+    def by_user(self) -> list[np.ndarray]:
+        """Row indices of each user, in file order."""
+        order = np.argsort(self.users, kind="stable")
+        bounds = np.searchsorted(self.users[order], np.arange(len(self.user_ids) + 1))
+        return [order[bounds[user] : bounds[user + 1]] for user in range(len(self.user_ids))]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """One sha256 over the named files' digests (order-independent)."""
+    digest = hashlib.sha256()
+    for line in sorted(f"{path.name}:{sha256_file(path)}" for path in paths):
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return path
+
+
+def _read_rows(
+    path: Path, *, columns: int, header: bool, encoding: str = "utf-8"
+) -> list[list[str]]:
+    rows: list[list[str]] = []
+    try:
+        with _require(path).open(encoding=encoding, newline="") as handle:
+            for number, line in enumerate(handle, start=1):
+                if header and number == 1:
+                    continue
+                line = line.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                parts = line.split("\t")
+                if len(parts) < columns:
+                    raise DataError(
+                        f"{path}:{number}: expected {columns} tab-separated columns, "
+                        f"got {len(parts)}"
+                    )
+                rows.append(parts)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not {encoding} text ({error.reason})") from error
+    return rows
+
+
+def _int(value: str, *, path: Path, line: int, column: str) -> int:
+    try:
+        return int(value)
+    except ValueError as error:
+        raise DataError(f"{path}:{line}: {column} {value!r} is not an integer") from error
+
+
+def _float(value: str, *, path: Path, line: int, column: str) -> float:
+    try:
+        number = float(value)
+    except ValueError as error:
+        raise DataError(f"{path}:{line}: {column} {value!r} is not a number") from error
+    if not np.isfinite(number):
+        raise DataError(f"{path}:{line}: {column} {value!r} is not finite")
+    return number
+
+
+def _dense(values: list[str], *, numeric: bool) -> tuple[list[str], np.ndarray]:
+    unique = sorted(set(values), key=(lambda text: (len(text), text)) if numeric else None)
+    position = {value: index for index, value in enumerate(unique)}
+    return unique, np.fromiter(
+        (position[value] for value in values), dtype=np.int64, count=len(values)
+    )
+
+
+def load_artist_names(directory: Path) -> dict[str, str]:
+    """HetRec artistID -> name from artists.dat (empty when the file is absent)."""
+    path = directory / ARTISTS_FILE
+    if not path.is_file():
+        return {}
+    return {row[0]: row[1] for row in _read_rows(path, columns=2, header=True)}
+
+
+def load_kg_item_index(directory: Path) -> list[str]:
+    """KGCN item index -> HetRec artistID (line i holds item i)."""
+    path = directory / KG_ITEM_INDEX
+    rows = _read_rows(path, columns=2, header=False)
+    artists: list[str] = []
+    for number, (artist, index) in enumerate(((row[0], row[1]) for row in rows), start=1):
+        if _int(index, path=path, line=number, column="item_index") != number - 1:
+            raise DataError(f"{path}:{number}: item_index {index} is not the 0-based line number")
+        artists.append(artist)
+    return artists
+
+
+def load_ratings_final(directory: Path) -> Interactions:
+    """Format 1: `user item label`; item ids stay the KGCN indices ("0".."3845")."""
+    path = directory / RATINGS_FILE
+    rows = _read_rows(path, columns=3, header=False)
+    users, items, labels = [], [], []
+    for number, row in enumerate(rows, start=1):
+        users.append(str(_int(row[0], path=path, line=number, column="user")))
+        items.append(str(_int(row[1], path=path, line=number, column="item")))
+        labels.append(_float(row[2], path=path, line=number, column="label"))
+    user_ids, user_index = _dense(users, numeric=True)
+    item_ids, item_index = _dense(items, numeric=True)
+    names = None
+    files = [path]
+    if (directory / KG_ITEM_INDEX).is_file() and (directory / ARTISTS_FILE).is_file():
+        artists = load_kg_item_index(directory)
+        artist_names = load_artist_names(directory)
+        names = [
+            artist_names.get(artists[int(item)], item) if int(item) < len(artists) else item
+            for item in item_ids
+        ]
+    return Interactions(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        users=user_index,
+        items=item_index,
+        labels=np.asarray(labels, dtype=np.float32),
+        item_names=names,
+        source={"format": "ratings", "files": [str(path.name)], "sha256": fingerprint(files)},
+    )
+
+
+def load_hetrec(directory: Path) -> Interactions:
+    """Format 2: rebuild ratings_final from raw HetRec with HetRec ids (README section 2 rules).
+
+    Positives: every user_artists.dat pair whose artist is in the KG item set. Negatives: per
+    user in ascending HetRec id, `np.random.choice(candidates, n_pos, replace=False)` from one
+    RandomState(555), candidates = the items that are not the user's positives, ascending.
+    """
+    interactions_path = directory / HETREC_INTERACTIONS
+    artists = load_kg_item_index(directory)
+    item_of_artist = {artist: index for index, artist in enumerate(artists)}
+    positives: dict[int, list[int]] = {}
+    for number, row in enumerate(_read_rows(interactions_path, columns=3, header=True), start=2):
+        user = _int(row[0], path=interactions_path, line=number, column="userID")
+        _int(row[1], path=interactions_path, line=number, column="artistID")
+        item = item_of_artist.get(row[1])
+        if item is not None:
+            positives.setdefault(user, []).append(item)
+    random_state = np.random.RandomState(KGCN_NEGATIVE_SEED)
+    all_items = np.arange(len(artists))
+    users, items, labels = [], [], []
+    user_ids = sorted(positives)
+    for user_index, user in enumerate(user_ids):
+        liked = positives[user]
+        candidates = np.setdiff1d(all_items, np.asarray(liked), assume_unique=False)
+        negatives = random_state.choice(candidates, size=len(liked), replace=False)
+        users.extend([user_index] * (2 * len(liked)))
+        items.extend(liked)
+        items.extend(int(item) for item in negatives)
+        labels.extend([1.0] * len(liked) + [0.0] * len(liked))
+    artist_names = load_artist_names(directory)
+    files = [interactions_path, directory / KG_ITEM_INDEX]
+    return Interactions(
+        user_ids=[str(user) for user in user_ids],
+        item_ids=list(artists),
+        users=np.asarray(users, dtype=np.int64),
+        items=np.asarray(items, dtype=np.int64),
+        labels=np.asarray(labels, dtype=np.float32),
+        item_names=[artist_names.get(artist, artist) for artist in artists]
+        if artist_names
+        else None,
+        source={
+            "format": "hetrec",
+            "files": [path.name for path in files],
+            "sha256": fingerprint(files),
+        },
+    )
+
+
+def load_generic(path: Path) -> Interactions:
+    """Format 3: a CSV or TSV with a header naming `user`, `item` and `rating` columns."""
+    _require(path)
+    with path.open(encoding="utf-8", newline="") as handle:
+        first = handle.readline()
+        delimiter = "\t" if first.count("\t") >= first.count(",") and "\t" in first else ","
+        handle.seek(0)
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = [name.strip().lower() for name in next(reader, [])]
+        missing = [name for name in ("user", "item", "rating") if name not in header]
+        if missing:
+            raise DataError(f"{path}:1: header lacks column(s) {', '.join(missing)} (got {header})")
+        columns = [header.index(name) for name in ("user", "item", "rating")]
+        users, items, labels = [], [], []
+        seen: set[tuple[str, str]] = set()
+        for number, row in enumerate(reader, start=2):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) < len(header):
+                raise DataError(f"{path}:{number}: expected {len(header)} columns, got {len(row)}")
+            user, item, rating = (row[column].strip() for column in columns)
+            if (user, item) in seen:
+                raise DataError(f"{path}:{number}: duplicate (user, item) pair ({user}, {item})")
+            seen.add((user, item))
+            users.append(user)
+            items.append(item)
+            labels.append(_float(rating, path=path, line=number, column="rating"))
+    if not users:
+        raise DataError(f"{path}: no interactions")
+    numeric = all(value.isdigit() for value in items)
+    user_ids, user_index = _dense(users, numeric=all(value.isdigit() for value in users))
+    item_ids, item_index = _dense(items, numeric=numeric)
+    return Interactions(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        users=user_index,
+        items=item_index,
+        labels=np.asarray(labels, dtype=np.float32),
+        item_names=None,
+        source={"format": "generic", "files": [path.name], "sha256": fingerprint([path])},
+    )
+
+
+def load_interactions(data: Path, data_format: DataFormat = "auto") -> Interactions:
+    """Pick the format: a file is generic; a directory with ratings_final.txt is format 1,
+    else one with user_artists.dat and item_index2entity_id.txt is format 2."""
+    if not data.exists():
+        raise DataError(f"{data}: no such file or directory")
+    if data_format == "generic" or (data_format == "auto" and data.is_file()):
+        return load_generic(data)
+    if data_format == "ratings" or (data_format == "auto" and (data / RATINGS_FILE).is_file()):
+        return load_ratings_final(data)
+    if data_format == "hetrec" or (
+        data_format == "auto" and (data / HETREC_INTERACTIONS).is_file()
+    ):
+        return load_hetrec(data)
+    raise DataError(
+        f"{data}: found neither {RATINGS_FILE} nor {HETREC_INTERACTIONS} + {KG_ITEM_INDEX}"
+    )

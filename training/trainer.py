@@ -1,0 +1,298 @@
+"""Batched episodic training of TaNP: every batch of episodes goes through one forward.
+
+Context/target split as the reference (context >= context_min, target = context plus extra
+points), drawn for the whole batch at once with padding masks. Adam. Model selection and early
+stopping on validation users only (NDCG@5 within query, z = posterior mean).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from tanp.model import TaNP, TaNPConfig
+from training.baselines import cosine_similarity, positive_matrix
+from training.episodes import EpisodeSet, Prepared, all_user_episodes
+from training.evaluate import query_scores
+from training.losses import ClusteringTarget, tanp_loss
+from training.metrics import standard_metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; stored in the manifest. Defaults are the reference notebook's."""
+
+    epochs: int = 150
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    lambda_clustering: float = 0.1
+    clustering_target: ClusteringTarget = "dec"
+    kl_weight: float = 1.0
+    context_min: int = 20
+    seed: int = 2020
+    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
+    all_train_users: bool = False
+    unknown_user_rate: float = 0.5
+    eval_samples: int = 0
+    item_prior: bool = False
+    lr_schedule: str = "constant"  # or "cosine"
+    drop_last: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    mse: float
+    kl: float
+    clustering: float
+    valid_ndcg5: float
+    train_seconds: float
+    eval_seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: TaNP
+    best_epoch: int
+    epochs_run: int
+    history: list[EpochRecord]
+    train_seconds: float
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Padded support+query points of B episodes: items/labels (B, L), lengths (B,), users (B,)."""
+
+    items: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    users: torch.Tensor
+
+
+def episode_tensors(episodes: EpisodeSet) -> Batch:
+    """All points of every episode (support then query), padded to the longest."""
+    lengths = episodes.support_len + episodes.query_len
+    width = int(lengths.max())
+    items = np.zeros((len(episodes), width), dtype=np.int64)
+    labels = np.zeros((len(episodes), width), dtype=np.float32)
+    for episode in range(len(episodes)):
+        support_items, support_labels = episodes.support(episode)
+        query_items, query_labels = episodes.query(episode)
+        items[episode, : lengths[episode]] = np.concatenate([support_items, query_items])
+        labels[episode, : lengths[episode]] = np.concatenate([support_labels, query_labels])
+    return Batch(
+        torch.from_numpy(items),
+        torch.from_numpy(labels),
+        torch.from_numpy(lengths.astype(np.int64)),
+        torch.from_numpy(episodes.users),
+    )
+
+
+def context_target_masks(
+    lengths: torch.Tensor, *, context_min: int, width: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's `new_context_target_split` for a whole batch.
+
+    n_context ~ U[min(context_min, n-1), n-1], n_extra ~ U[0, n - n_context - 1]; a random
+    permutation picks the points; target = context + extra. Returns two (B, L) masks.
+    """
+    low = torch.clamp(torch.clamp(lengths - 1, min=1), max=context_min)
+    high = torch.clamp(lengths - 1, min=1)  # inclusive upper bound of n_context
+    uniform = torch.rand(lengths.shape, generator=generator)
+    n_context = low + (uniform * (high - low + 1).float()).long().clamp(max=(high - low))
+    room = torch.clamp(lengths - n_context, min=1)  # n_extra in [0, room - 1]
+    n_extra = (
+        (torch.rand(lengths.shape, generator=generator) * room.float()).long().clamp(max=room - 1)
+    )
+    keys = torch.rand((lengths.shape[0], width), generator=generator)
+    positions = torch.arange(width)[None, :]
+    keys = keys.masked_fill(positions >= lengths[:, None], float("inf"))
+    ranks = keys.argsort(dim=1).argsort(dim=1)
+    context = ranks < n_context[:, None]
+    target = ranks < (n_context + n_extra)[:, None]
+    return context, target
+
+
+def item_prior_features(prepared: Prepared) -> np.ndarray:
+    """(items, 2) fixed decoder inputs from train users only: standardised log popularity
+    and the item's mean cosine similarity to the 50 most popular items."""
+    matrix = positive_matrix(prepared)
+    popularity = np.log1p(matrix.sum(axis=0))
+    popularity = (popularity - popularity.mean()) / (popularity.std() + 1e-8)
+    similarity = cosine_similarity(matrix)
+    top = np.argsort(-matrix.sum(axis=0), kind="stable")[:50]
+    closeness = similarity[:, top].mean(axis=1)
+    closeness = (closeness - closeness.mean()) / (closeness.std() + 1e-8)
+    return np.stack([popularity, closeness], axis=1).astype(np.float32)
+
+
+def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainConfig) -> TaNP:
+    """A fresh model whose buffers (popularity, item priors) come from train users only."""
+    interactions = prepared.interactions
+    config = replace(
+        model_config,
+        num_items=len(interactions.item_ids),
+        num_users=len(interactions.user_ids),
+        item_prior_dim=2 if train.item_prior else 0,
+        label_min=interactions.label_min,
+        label_max=interactions.label_max,
+    )
+    torch.manual_seed(train.seed)
+    model = TaNP(config)
+    model.item_popularity.copy_(torch.from_numpy(positive_matrix(prepared).sum(axis=0)))
+    if train.item_prior:
+        model.item_prior.copy_(torch.from_numpy(item_prior_features(prepared)))
+    return model
+
+
+def train_model(
+    prepared: Prepared,
+    *,
+    model_config: TaNPConfig,
+    train: TrainConfig,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult:
+    """Train, selecting the epoch with the best validation NDCG@5; test users are never read."""
+    model = build_untrained(prepared, model_config, train)
+    generator = torch.Generator().manual_seed(train.seed)
+    rng = np.random.default_rng(train.seed)
+    episodes = (
+        all_user_episodes(prepared, rng=rng)
+        if train.all_train_users
+        else prepared.episodes["train"]
+    )
+    data = episode_tensors(episodes)
+    validation = prepared.episodes["valid"]
+    threshold = prepared.interactions.positive_threshold
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    batches_per_epoch = max(
+        1,
+        len(episodes) // train.batch_size
+        if train.drop_last
+        else -(-len(episodes) // train.batch_size),
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=train.epochs * batches_per_epoch
+        )
+        if train.lr_schedule == "cosine"
+        else None
+    )
+    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+    for epoch in range(1, train.epochs + 1):
+        epoch_started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(episodes), generator=generator)
+        sums = np.zeros(4)
+        for batch_index in range(batches_per_epoch):
+            chosen = order[batch_index * train.batch_size : (batch_index + 1) * train.batch_size]
+            parts = train_step(
+                model, optimizer, data=data, chosen=chosen, train=train, generator=generator
+            )
+            if scheduler is not None:
+                scheduler.step()
+            sums += parts
+        train_seconds = time.perf_counter() - epoch_started
+        eval_started = time.perf_counter()
+        valid_ndcg = validation_ndcg5(
+            model, validation, threshold=threshold, samples=train.eval_samples
+        )
+        loss, mse, kl, clustering = (sums / batches_per_epoch).tolist()
+        record = EpochRecord(
+            epoch=epoch,
+            loss=loss,
+            mse=mse,
+            kl=kl,
+            clustering=clustering,
+            valid_ndcg5=valid_ndcg,
+            train_seconds=train_seconds,
+            eval_seconds=time.perf_counter() - eval_started,
+        )
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        if valid_ndcg > best_score:
+            best_score, best_epoch = valid_ndcg, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif train.patience and epoch - best_epoch >= train.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model, best_epoch, len(history), history, time.perf_counter() - started)
+
+
+def train_step(
+    model: TaNP,
+    optimizer: torch.optim.Optimizer,
+    *,
+    data: Batch,
+    chosen: torch.Tensor,
+    train: TrainConfig,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """One optimiser step over the chosen episodes; returns (loss, mse, kl, clustering)."""
+    lengths = data.lengths[chosen]
+    width = int(lengths.max())
+    items, labels = data.items[chosen, :width], data.labels[chosen, :width]
+    context, target = context_target_masks(
+        lengths, context_min=train.context_min, width=width, generator=generator
+    )
+    users = data.users[chosen]
+    if model.config.user_input == "unknown":
+        hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
+        users = users.masked_fill(hidden, model.config.unknown_user)
+    output = model(
+        context_items=items,
+        context_labels=labels,
+        context_mask=context,
+        target_items=items,
+        target_labels=labels,
+        target_mask=target,
+        users=users,
+        sample=True,
+    )
+    parts = tanp_loss(
+        output,
+        target_labels=labels,
+        target_mask=target,
+        clustering_weight=train.lambda_clustering,
+        clustering_target=train.clustering_target,
+        kl_weight=train.kl_weight,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    parts.total.backward()
+    optimizer.step()
+    return np.array([float(value.detach()) for value in parts])
+
+
+def validation_ndcg5(
+    model: TaNP, episodes: EpisodeSet, *, threshold: float, samples: int = 0
+) -> float:
+    """Mean within-query NDCG@5 over the validation users (the selection metric).
+
+    Scores only the query items (candidates), which is all this metric reads."""
+    if len(episodes) == 0:
+        return 0.0
+    scores = query_scores(model, episodes, samples=samples)
+    values = []
+    for episode in range(len(episodes)):
+        length = int(episodes.query_len[episode])
+        relevant = episodes.query_labels[episode, :length] >= threshold
+        values.append(standard_metrics(scores[episode, :length], relevant)["NDCG@5"] or 0.0)
+    return float(np.mean(values))
