@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
+AFFINITY_FEATURES = 2
 Aggregator = Literal["mean", "attention"]
 
 
@@ -33,6 +34,9 @@ class TaNPConfig:
     `film_gamma_offset` = 1 centres FiLM's scale at identity (gamma = 1 + tanh(W t)); the
     reference's 0 scales every hidden unit by ~tanh(0) at initialisation, which is why its
     predictions stay nearly constant for most of training.
+    `neighbours` = K > 0 stores each item's K most similar items (cosine over train users'
+    positives) and feeds the decoder two support-conditioned features per target item: its mean
+    similarity to the liked and to the disliked support items (item-kNN as a decoder input).
     `item_prior_dim` > 0 feeds fixed item-side features (computed from train users only and
     stored as the `item_prior` buffer) into the decoder beside the item embedding.
     """
@@ -62,6 +66,7 @@ class TaNPConfig:
     film_gamma_offset: float = 0.0
     embedding_init_std: float = 0.0
     logvar_init: float = 0.0
+    neighbours: int = 0
     label_min: float = 0.0
     label_max: float = 1.0
 
@@ -109,12 +114,14 @@ class TaskState(NamedTuple):
     """Everything the decoder needs from a support set; what the service caches.
 
     prior: q(z | context), each (B, Z); task: modulation input after the memory unit (B, T);
-    assignment: soft cluster assignment C (B, K).
+    assignment: soft cluster assignment C (B, K); affinity: (B, 2, N) mean neighbour
+    similarity of every item to the liked / disliked support items ((B, 0, N) when unused).
     """
 
     prior: Gaussian
     task: Tensor
     assignment: Tensor
+    affinity: Tensor
 
 
 class TaNPOutput(NamedTuple):
@@ -249,6 +256,9 @@ class ModulatedDecoder(nn.Module):
         self.gamma_offset = config.film_gamma_offset
         self.input_x = nn.Linear(config.x_dim, widths[0])
         self.input_z = nn.Linear(config.z_dim, widths[0], bias=False)
+        self.input_affinity = (
+            nn.Linear(AFFINITY_FEATURES, widths[0], bias=False) if config.neighbours else None
+        )
         self.hidden = nn.ModuleList(
             [nn.Linear(width_in, width_out) for width_in, width_out in itertools.pairwise(widths)]
         )
@@ -268,11 +278,16 @@ class ModulatedDecoder(nn.Module):
         """The item side of the first layer, W_x x + b: (..., X) -> (..., H1). Precomputable."""
         return self.input_x(x)
 
-    def forward_from_first(self, first: Tensor, z: Tensor, task: Tensor) -> Tensor:
-        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T).
+    def forward_from_first(
+        self, first: Tensor, z: Tensor, task: Tensor, affinity: Tensor | None = None
+    ) -> Tensor:
+        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T), affinity
+        (B, N, 2) target features when neighbours are used.
 
         Returns scores (B, N), or (S, B, N) for S draws of z."""
         hidden = first + self.input_z(z).unsqueeze(-2)
+        if self.input_affinity is not None and affinity is not None:
+            hidden = hidden + self.input_affinity(affinity)
         layers: list[nn.Module] = [nn.Identity(), *self.hidden]
         for index, layer in enumerate(layers):
             if index > 0:
@@ -302,6 +317,8 @@ class TaNP(nn.Module):
 
     item_popularity: Tensor
     item_prior: Tensor
+    neighbour_index: Tensor
+    neighbour_weight: Tensor
 
     def __init__(self, config: TaNPConfig) -> None:
         super().__init__()
@@ -340,6 +357,10 @@ class TaNP(nn.Module):
         self.decoder = ModulatedDecoder(config)
         self.register_buffer("item_popularity", torch.zeros(config.num_items))
         self.register_buffer("item_prior", torch.zeros(config.num_items, config.item_prior_dim))
+        self.register_buffer(
+            "neighbour_index", torch.zeros(config.num_items, config.neighbours, dtype=torch.long)
+        )
+        self.register_buffer("neighbour_weight", torch.zeros(config.num_items, config.neighbours))
 
     def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
         """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
@@ -355,19 +376,38 @@ class TaNP(nn.Module):
             parts.append(self.item_prior[items])
         return torch.cat(parts, dim=-1)
 
-    def encode(self, x: Tensor, labels: Tensor, mask: Tensor) -> TaskState:
-        """Context points x (B, N, X), labels (B, N), mask (B, N) -> TaskState."""
+    def encode(self, x: Tensor, labels: Tensor, mask: Tensor, items: Tensor) -> TaskState:
+        """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState."""
         prior = self.latent_head(self.latent_encoder(x, labels, mask))
         assignment, task = self.memory(self.task_encoder(x, labels, mask))
-        return TaskState(prior, task, assignment)
+        return TaskState(prior, task, assignment, self.support_affinity(items, labels, mask))
+
+    def support_affinity(self, items: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """(B, 2, N): mean similarity of every item to the liked and to the disliked context
+        items, through each context item's stored neighbour list; (B, 0, N) when unused."""
+        batch = items.shape[0]
+        if not self.config.neighbours:
+            return torch.zeros(batch, 0, self.config.num_items, device=items.device)
+        span = max(self.config.label_max - self.config.label_min, 1e-8)
+        liked = ((labels - self.config.label_min) / span).clamp(0, 1) * mask
+        weights = torch.stack([liked, (1 - liked) * mask], dim=1)  # (B, 2, L)
+        counts = weights.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 2, 1)
+        neighbour_items = self.neighbour_index[items]  # (B, L, K)
+        # (B, 2, L, K): each context item's neighbour weights, split into liked and disliked
+        contributions = weights.unsqueeze(-1) * self.neighbour_weight[items].unsqueeze(1)
+        affinity = torch.zeros(batch, 2, self.config.num_items, device=items.device)
+        index = neighbour_items.reshape(batch, 1, -1).expand(-1, 2, -1)
+        affinity.scatter_add_(2, index, contributions.reshape(batch, 2, -1))
+        return affinity / counts
+
+    def decode(self, x: Tensor, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
+        """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N)."""
+        first = self.decoder.first_layer_item_part(x)
+        return self.decoder.forward_from_first(first, z, state.task, target_affinity(state, items))
 
     def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
         """q(z | points): the latent path alone, used for the posterior over targets."""
         return self.latent_head(self.latent_encoder(x, labels, mask))
-
-    def decode(self, x: Tensor, z: Tensor, task: Tensor) -> Tensor:
-        """Targets x (B, N, X), z (B, Z), task (B, T) -> scores (B, N)."""
-        return self.decoder.forward_from_first(self.decoder.first_layer_item_part(x), z, task)
 
     def forward(
         self,
@@ -388,7 +428,7 @@ class TaNP(nn.Module):
         """
         context_x = self.point_inputs(context_items, users)
         target_x = self.point_inputs(target_items, users)
-        state = self.encode(context_x, context_labels, context_mask)
+        state = self.encode(context_x, context_labels, context_mask, context_items)
         posterior = None
         if target_labels is not None:
             if target_mask is None:
@@ -396,8 +436,19 @@ class TaNP(nn.Module):
             posterior = self.latent(target_x, target_labels, target_mask)
         source = posterior if posterior is not None else state.prior
         z = reparameterise(source) if sample else source.mu
-        prediction = self.decode(target_x, z, state.task)
+        prediction = self.decode(target_x, z, state, target_items)
         return TaNPOutput(prediction, state.prior, posterior, state.assignment)
+
+
+def target_affinity(state: TaskState, items: Tensor | None) -> Tensor | None:
+    """The affinity features of the targets: (B, N, 2) for items (B, N), or for every catalog
+    item when items is None; None when the model has no neighbour path."""
+    if state.affinity.shape[1] == 0:
+        return None
+    if items is None:
+        return state.affinity.transpose(1, 2)
+    index = items.unsqueeze(1).expand(-1, state.affinity.shape[1], -1)
+    return torch.gather(state.affinity, 2, index).transpose(1, 2)
 
 
 def reparameterise(gaussian: Gaussian, generator: torch.Generator | None = None) -> Tensor:

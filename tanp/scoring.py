@@ -15,12 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tanp.model import Gaussian, TaNP, TaskState, reparameterise
+from tanp.model import Gaussian, TaNP, TaskState, reparameterise, target_affinity
 
 MAX_UNCERTAINTY_SAMPLES = 32
 _STATE_MAGIC = b"TNPS"
-_STATE_HEADER = struct.Struct("<4sHIII")  # magic, version, z_dim, task_dim, clusters
-_STATE_VERSION = 1
+# magic, version, z dim, task dim, clusters, affinity rows, items
+_STATE_HEADER = struct.Struct("<4sHIIIII")
+_STATE_VERSION = 2
 
 
 class Scorer:
@@ -42,7 +43,7 @@ class Scorer:
         labels = labels.to(self.device, torch.float32)
         if mask is None:
             mask = torch.ones_like(items, dtype=torch.bool)
-        return self.model.encode(self.item_x[items], labels, mask.to(self.device))
+        return self.model.encode(self.item_x[items], labels, mask.to(self.device), items)
 
     def encode_one(self, item_indices: list[int], labels: list[float]) -> TaskState:
         """One support set (possibly empty) -> TaskState with B = 1."""
@@ -77,8 +78,10 @@ class Scorer:
         if candidates is None:
             first = self.item_first.unsqueeze(0)  # (1, N, H1), broadcast over tasks
         else:
-            first = self.item_first[candidates.to(self.device)]  # (B, C, H1)
-        return self.model.decoder.forward_from_first(first, z, state.task)
+            candidates = candidates.to(self.device)
+            first = self.item_first[candidates]  # (B, C, H1)
+        affinity = target_affinity(state, candidates)
+        return self.model.decoder.forward_from_first(first, z, state.task, affinity)
 
 
 def rank(
@@ -105,14 +108,15 @@ def popularity_ranking(model: TaNP) -> np.ndarray:
 
 def pack_state(state: TaskState) -> bytes:
     """One task's state (B = 1) -> header + raw little-endian float32 bytes."""
-    mu, logvar, task, assignment = (
-        tensor.detach().to("cpu", torch.float32).reshape(-1)
-        for tensor in (state.prior.mu, state.prior.logvar, state.task, state.assignment)
+    tensors = (state.prior.mu, state.prior.logvar, state.task, state.assignment, state.affinity)
+    mu, logvar, task, assignment, affinity = (
+        tensor.detach().to("cpu", torch.float32).reshape(-1) for tensor in tensors
     )
+    rows, items = state.affinity.shape[1], state.affinity.shape[2]
     header = _STATE_HEADER.pack(
-        _STATE_MAGIC, _STATE_VERSION, mu.numel(), task.numel(), assignment.numel()
+        _STATE_MAGIC, _STATE_VERSION, mu.numel(), task.numel(), assignment.numel(), rows, items
     )
-    body = torch.cat([mu, logvar, task, assignment]).numpy().astype("<f4").tobytes()
+    body = torch.cat([mu, logvar, task, assignment, affinity]).numpy().astype("<f4").tobytes()
     return header + body
 
 
@@ -120,16 +124,21 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
     """Inverse of `pack_state`; raises ValueError on any malformed payload."""
     if len(payload) < _STATE_HEADER.size:
         raise ValueError("task state payload too short")
-    magic, version, z_dim, task_dim, clusters = _STATE_HEADER.unpack_from(payload)
+    magic, version, z_dim, task_dim, clusters, rows, items = _STATE_HEADER.unpack_from(payload)
     if magic != _STATE_MAGIC or version != _STATE_VERSION:
         raise ValueError("task state payload has an unknown header")
-    expected = _STATE_HEADER.size + 4 * (2 * z_dim + task_dim + clusters)
+    expected = _STATE_HEADER.size + 4 * (2 * z_dim + task_dim + clusters + rows * items)
     if len(payload) != expected:
         raise ValueError(f"task state payload has {len(payload)} bytes, expected {expected}")
     values = torch.from_numpy(
         np.frombuffer(payload, dtype="<f4", offset=_STATE_HEADER.size).astype(np.float32)
     ).to(device)
-    mu, logvar, task, assignment = torch.split(values, [z_dim, z_dim, task_dim, clusters])
+    mu, logvar, task, assignment, affinity = torch.split(
+        values, [z_dim, z_dim, task_dim, clusters, rows * items]
+    )
     return TaskState(
-        Gaussian(mu.unsqueeze(0), logvar.unsqueeze(0)), task.unsqueeze(0), assignment.unsqueeze(0)
+        Gaussian(mu.unsqueeze(0), logvar.unsqueeze(0)),
+        task.unsqueeze(0),
+        assignment.unsqueeze(0),
+        affinity.reshape(1, rows, items),
     )

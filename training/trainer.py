@@ -153,10 +153,25 @@ def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainCo
     )
     torch.manual_seed(train.seed)
     model = TaNP(config)
-    model.item_popularity.copy_(torch.from_numpy(positive_matrix(prepared).sum(axis=0)))
+    matrix = positive_matrix(prepared)
+    model.item_popularity.copy_(torch.from_numpy(matrix.sum(axis=0)))
     if train.item_prior:
         model.item_prior.copy_(torch.from_numpy(item_prior_features(prepared)))
+    if config.neighbours:
+        index, weight = nearest_neighbours(matrix, count=config.neighbours)
+        model.neighbour_index.copy_(torch.from_numpy(index))
+        model.neighbour_weight.copy_(torch.from_numpy(weight))
     return model
+
+
+def nearest_neighbours(matrix: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's `count` most cosine-similar items over train users' positives (ties by
+    index), as (items, count) index and weight arrays."""
+    similarity = cosine_similarity(matrix)
+    count = min(count, similarity.shape[0])
+    index = np.argsort(-similarity, axis=1, kind="stable")[:, :count]
+    weight = np.take_along_axis(similarity, index, axis=1)
+    return index.astype(np.int64), weight.astype(np.float32)
 
 
 def train_model(

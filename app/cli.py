@@ -1,0 +1,47 @@
+"""`tanp-serve`: run the service with uvicorn (`tanp-serve migrate` applies DB migrations).
+
+Settings come from the environment (SPEC section 8); the app is built by the factory in each
+worker, so `--workers N` works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from app.settings import Settings
+
+
+def run_migrations_command() -> int:
+    from app.db import run_migrations  # type: ignore[import-not-found,unused-ignore]
+
+    run_migrations(Settings().database_url)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tanp-serve", description=__doc__)
+    parser.add_argument("command", nargs="?", choices=["serve", "migrate"], default="serve")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return run_migrations_command()
+    settings = Settings()
+    uvicorn.run(
+        "app.main:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""SQL plumbing: the engine and session factory built from DATABASE_URL, and Alembic upgrades.
+
+SQLite (the embedded default) and Postgres (`postgresql+psycopg://`) are supported. Nothing is
+built at import time; the lifespan calls `make_engine(settings.database_url)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
+
+logger = logging.getLogger(__name__)
+
+# The source tree's `migrations/` (editable installs, tests); a non-editable install (the
+# Docker image) does not package it, so the image copies it into the working directory.
+MIGRATIONS_DIRS = (Path(__file__).resolve().parent.parent / "migrations", Path("migrations"))
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
+
+
+def normalise_url(database_url: str) -> str:
+    """Map the bare Postgres schemes to the psycopg 3 driver this project installs."""
+    for prefix in ("postgres://", "postgresql://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url.removeprefix(prefix)
+    return database_url
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine with pre-ping, so connections killed by a DB restart are replaced silently."""
+    url = normalise_url(database_url)
+    if url.startswith("sqlite"):
+        # Request-log writer thread and threadpool routes share the pool across threads.
+        return create_engine(
+            url, connect_args={"check_same_thread": False}, pool_pre_ping=True, future=True
+        )
+    connect_args: dict[str, object] = {}
+    if url.startswith("postgresql"):
+        # A dead DB must fail a connection attempt quickly, never hang a worker for minutes.
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+    return create_engine(url, connect_args=connect_args, pool_pre_ping=True, future=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def migrations_dir() -> Path:
+    for candidate in MIGRATIONS_DIRS:
+        if (candidate / "env.py").is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        "no Alembic migrations/ directory next to the app package or in the working directory"
+    )
+
+
+def alembic_config(database_url: str) -> Config:
+    """The Alembic config for `database_url` (script location found by `migrations_dir`)."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # configparser interpolation: a literal '%' (URL-encoded passwords) must be doubled.
+    config.set_main_option("sqlalchemy.url", normalise_url(database_url).replace("%", "%%"))
+    return config
+
+
+def run_migrations(database_url: str) -> None:
+    """`alembic upgrade head` against `database_url`."""
+    command.upgrade(alembic_config(database_url), "head")
+    logger.info("database migrated to head")
+
+
+def database_status(engine: Engine) -> str:
+    """'ok', or 'down: <reason>' (one line) for /health."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as error:  # any driver error means "down" here; /health must answer
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"down: {reason[:200]}"
+    return "ok"

@@ -1,0 +1,92 @@
+"""The service's one exception tree, mapped to FastAPI's `{"detail": ...}` error shape.
+
+    ServingError                 500  base class; never raised directly
+    ├── InvalidRequestError      422  input that parses but makes no sense for the model
+    │   ├── UnknownItemsError    422  item ids not in the served catalog (named in the detail)
+    │   └── RatingRangeError     422  ratings outside the model's label range
+    ├── NotFoundError            404  an item (or other resource) that does not exist
+    ├── PayloadTooLargeError     413  a request body over MAX_BODY_BYTES
+    └── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
+
+Malformed JSON and wrong types stay FastAPI's own 422 (`RequestValidationError`).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+MAX_NAMED_IDS = 20  # an error message names at most this many ids, then says how many more
+
+
+class ServingError(Exception):
+    """Base of every error the service turns into an HTTP response on purpose."""
+
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequestError(ServingError):
+    status_code = 422
+
+
+class UnknownItemsError(InvalidRequestError):
+    """Names the unknown ids of each request field, e.g. `support: '9999'; exclude: 'x'`."""
+
+    def __init__(self, unknown_by_field: dict[str, list[str]]) -> None:
+        self.unknown_by_field = {
+            field: list(dict.fromkeys(ids)) for field, ids in unknown_by_field.items() if ids
+        }
+        parts = [f"{field}: {name_ids(ids)}" for field, ids in self.unknown_by_field.items()]
+        super().__init__("unknown item ids in " + "; ".join(parts))
+
+
+class RatingRangeError(InvalidRequestError):
+    pass
+
+
+class NotFoundError(ServingError):
+    status_code = 404
+
+
+class PayloadTooLargeError(ServingError):
+    status_code = 413
+
+
+class ModelUnavailableError(ServingError):
+    status_code = 503
+
+    def __init__(self, detail: str, *, retry_after_seconds: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
+def name_ids(ids: list[str]) -> str:
+    """`'a', 'b'` style list, cut after MAX_NAMED_IDS so a huge bad request stays a small reply."""
+    shown = ", ".join(repr(item) for item in ids[:MAX_NAMED_IDS])
+    hidden = len(ids) - MAX_NAMED_IDS
+    return shown + (f" and {hidden} more" if hidden > 0 else "")
+
+
+def error_response(error: ServingError) -> JSONResponse:
+    return JSONResponse(
+        status_code=error.status_code, content={"detail": error.detail}, headers=error.headers()
+    )
+
+
+async def _handle_serving_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ServingError)
+    return error_response(error)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServingError, _handle_serving_error)

@@ -1,0 +1,143 @@
+"""Request and response bodies of the public API (SPEC section 6), with OpenAPI examples.
+
+Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
+the label range, the catalog) are checked by the route and raise `app.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.config import JsonDict
+
+from tanp.scoring import MAX_UNCERTAINTY_SAMPLES
+
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+HARD_MAX_LIST = 10_000  # beyond any MAX_SUPPORT; stops absurd lists before the route sees them
+
+RECOMMEND_REQUEST_EXAMPLE: JsonDict = {
+    "support": [
+        {"item_id": "289", "rating": 1},
+        {"item_id": "72", "rating": 1},
+        {"item_id": "1500", "rating": 0},
+    ],
+    "k": 10,
+    "exclude": [],
+    "candidates": None,
+    "uncertainty_samples": 0,
+}
+
+RECOMMEND_RESPONSE_EXAMPLE: JsonDict = {
+    "items": [
+        {"item_id": "283", "name": "Coldplay", "score": 0.91, "uncertainty": None},
+        {"item_id": "61", "name": "Radiohead", "score": 0.88, "uncertainty": None},
+    ],
+    "model_version": "20250101-lastfm",
+    "cached": False,
+    "fallback": None,
+    "request_id": "3f2c8e0a9b7d4c1e8f6a5b4c3d2e1f00",
+}
+
+
+def _repeated(values: list[str]) -> list[str]:
+    return [value for value, count in Counter(values).items() if count > 1]
+
+
+class SupportItem(BaseModel):
+    """One rated item of the new user (rating within the model's label range, 0/1 on Last.fm)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    rating: float = Field(allow_inf_nan=False)
+
+
+class RecommendRequest(BaseModel):
+    """A support set and what to return; see SPEC section 6."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [RECOMMEND_REQUEST_EXAMPLE]}
+    )
+
+    support: list[SupportItem] = Field(default_factory=list, max_length=HARD_MAX_LIST)
+    k: int = Field(default=10, ge=1, le=100)
+    exclude: list[ItemId] = Field(default_factory=list, max_length=HARD_MAX_LIST)
+    candidates: list[ItemId] | None = Field(
+        default=None,
+        max_length=HARD_MAX_LIST,
+        description="Rank only these items (null: the whole catalog).",
+    )
+    uncertainty_samples: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_UNCERTAINTY_SAMPLES,
+        description="Draws of z for each returned item's score standard deviation (0: none).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RecommendRequest:
+        repeated = _repeated([item.item_id for item in self.support])
+        if repeated:
+            raise ValueError(f"support item ids must be unique; repeated: {repeated}")
+        if self.candidates is not None:
+            repeated = _repeated(self.candidates)
+            if repeated:
+                raise ValueError(f"candidate item ids must be unique; repeated: {repeated}")
+        return self
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    name: str | None
+    score: float = Field(
+        description="Model score; for the popularity fallback, the item's train positive "
+        "count divided by the catalog's largest count (1.0 = most popular)."
+    )
+    uncertainty: float | None = Field(
+        description="Std of the score over `uncertainty_samples` draws of z; null when 0 "
+        "or for the popularity fallback."
+    )
+
+
+class RecommendResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [RECOMMEND_RESPONSE_EXAMPLE]})
+
+    items: list[RecommendedItem]
+    model_version: str
+    cached: bool
+    fallback: Literal["popularity"] | None
+    request_id: str
+
+
+class CatalogItem(BaseModel):
+    item_id: str
+    name: str | None
+    popularity: float = Field(description="Positive count among train users.")
+
+
+class CatalogSearchResponse(BaseModel):
+    items: list[CatalogItem]
+    model_version: str
+
+
+class WorkerStatus(BaseModel):
+    """One worker process as it last reported itself (Redis hash `tanp:workers`)."""
+
+    worker: str
+    pid: int
+    version: str | None
+    last_reconcile: float | None = None
+    updated_at: float
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "degraded"]
+    model_version: str | None
+    device: str | None
+    pid: int
+    db: str
+    redis: Literal["ok", "down", "disabled"]
+    cache: str
+    workers: list[WorkerStatus] = Field(default_factory=list)

@@ -1,0 +1,109 @@
+"""The recommend route against the machine's real Redis (127.0.0.1:6379), then a dead one.
+
+Isolation: the model version name is unique per test session, so every key this file writes is
+`tanp:{unique version}:...`; teardown deletes exactly those keys.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from app_helpers import AppFactory, TestClient
+
+pytestmark = pytest.mark.integration
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+SUPPORT = [{"item_id": "a3", "rating": 1}, {"item_id": "a8", "rating": 0}]
+
+
+@pytest.fixture(scope="module")
+def live_redis() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def unique_models_dir(models_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    version = f"test-{uuid.uuid4().hex[:12]}"
+    root = tmp_path / "models"
+    shutil.copytree(models_dir / "v1", root / version)
+    yield root, version
+
+
+def cache_errors(client: TestClient) -> float:
+    match = re.search(r"^tanp_cache_errors_total (\S+)$", client.get("/metrics").text, re.M)
+    assert match is not None
+    return float(match.group(1))
+
+
+def test_second_identical_request_hits_redis(
+    live_redis: redis.Redis, make_client: AppFactory, unique_models_dir: tuple[Path, str]
+) -> None:
+    root, version = unique_models_dir
+    try:
+        client = make_client(models_dir=root, redis_url=REDIS_URL)
+        assert client.get("/health").json()["redis"] == "ok"
+        first = client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()
+        keys = list(live_redis.scan_iter(f"tanp:{version}:*"))
+        assert len(keys) == 1
+        ttl = live_redis.ttl(keys[0])
+        assert isinstance(ttl, int)
+        assert 0 < ttl <= 3600
+        # A fresh app (think: another worker) reads the state the first one wrote.
+        other = make_client(models_dir=root, redis_url=REDIS_URL)
+        second = other.post("/v1/recommend", json={"support": SUPPORT[::-1], "k": 15}).json()
+        assert first["cached"] is False
+        assert second["cached"] is True
+        assert second["items"] == first["items"]
+        assert cache_errors(other) == 0
+    finally:
+        for key in live_redis.scan_iter(f"tanp:{version}:*"):
+            live_redis.delete(key)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def assert_serves_without_cache(client: TestClient) -> None:
+    before = cache_errors(client)
+    bodies: list[dict[str, Any]] = [
+        {"support": SUPPORT},
+        {"support": SUPPORT},
+        {"support": [{"item_id": "a1", "rating": 1}], "k": 3},
+    ]
+    for body in bodies:
+        response = client.post("/v1/recommend", json=body)
+        assert response.status_code == 200
+        assert response.json()["cached"] is False
+    assert cache_errors(client) > before
+    assert client.get("/health").json()["redis"] == "down"
+
+
+def test_unreachable_redis_still_serves(make_client: AppFactory) -> None:
+    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    assert_serves_without_cache(client)
+
+
+def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        port = server.getsockname()[1]
+        client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=0.05)
+        assert_serves_without_cache(client)

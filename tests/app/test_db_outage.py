@@ -1,0 +1,213 @@
+"""A request-log database outage never fails a recommendation.
+
+The app logs to a fresh database on the machine's real Postgres through a TCP proxy owned by
+the test; cutting the proxy is the outage (stopping the shared Postgres server is not an
+option). During the cut /v1/recommend answers 200 and the failed-write counter rises; once the
+proxy is back, new requests are logged again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from app_helpers import AppFactory, TestClient
+from model_versions import save_version
+
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+POSTGRES_ADMIN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
+RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}], "k": 3}
+FAILURES = re.compile(r"^tanp_request_log_failures_total (\S+)$", re.MULTILINE)
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to Postgres; `cut` refuses and drops every connection."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self._accept_thread: threading.Thread | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._stop.clear()
+        self._accept_thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._accept_thread.start()
+
+    def cut(self) -> None:
+        self._stop.set()
+        if self._accept_thread is not None:
+            self._accept_thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for connection in self._sockets:
+                self._close(connection)
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection((POSTGRES_HOST, POSTGRES_PORT), timeout=3)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(target)
+
+    @staticmethod
+    def _close(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+        connection.close()
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh Postgres database for this test, dropped afterwards."""
+    name = f"tanp_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN + " connect_timeout=3", autocommit=True)
+    except psycopg.OperationalError as error:
+        pytest.skip(f"no Postgres on {POSTGRES_HOST}:{POSTGRES_PORT}: {error}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    forwarder = TcpProxy()
+    yield forwarder
+    forwarder.cut()
+
+
+def logged_request_ids(database: str) -> set[str]:
+    """Read directly from Postgres, around the proxy."""
+    with psycopg.connect(
+        f"{POSTGRES_ADMIN.replace('dbname=postgres', '')} dbname={database}"
+    ) as db:
+        return {row[0] for row in db.execute("SELECT request_id FROM request_log")}
+
+
+def failed_writes(client: TestClient) -> float:
+    match = FAILURES.search(client.get("/metrics").text)
+    assert match is not None
+    return float(match.group(1))
+
+
+def recommend(client: TestClient, request_id: str) -> None:
+    response = client.post("/v1/recommend", json=RECOMMEND, headers={"X-Request-ID": request_id})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == request_id
+
+
+@pytest.mark.integration
+def test_recommendations_survive_a_request_log_outage(
+    make_client: AppFactory, tmp_path: Path, database: str, proxy: TcpProxy
+) -> None:
+    models = tmp_path / "models"
+    save_version(models, "v1")
+    client = make_client(
+        models_dir=models,
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}",
+        migrate_on_start=True,
+        reconcile_seconds=60,
+    )
+    log = client.app.state.request_log  # type: ignore[attr-defined]
+    assert client.get("/health").json()["db"] == "ok"
+
+    before = {f"before-{index}" for index in range(5)}
+    for request_id in sorted(before):
+        recommend(client, request_id)
+    assert log.flush(timeout=10)
+    assert logged_request_ids(database) == before
+    assert failed_writes(client) == 0
+
+    proxy.cut()
+    during = {f"during-{index}" for index in range(10)}
+    for request_id in sorted(during):
+        recommend(client, request_id)
+    assert log.flush(timeout=20)
+    assert failed_writes(client) == len(during)  # every entry of the cut counted as failed
+    health = client.get("/health").json()
+    assert health["db"].startswith("down") and health["status"] == "degraded"
+
+    proxy.restore()
+    after = {f"after-{index}" for index in range(5)}
+    deadline = time.monotonic() + 20
+    logged: set[str] = set()
+    while time.monotonic() < deadline and not after <= logged:
+        for request_id in sorted(after):
+            recommend(client, request_id)  # repeated ids are fine: we only need them to land
+        log.flush(timeout=10)
+        logged = logged_request_ids(database)
+    assert after <= logged
+    assert client.get("/health").json()["db"] == "ok"
+    assert not during & logged  # counted as failed, never written late
+    assert failed_writes(client) == len(during)
+
+
+def test_the_service_starts_and_serves_with_its_database_down(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    save_version(models, "v1")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    client = make_client(
+        models_dir=models,
+        database_url=f"postgresql+psycopg://postgres@127.0.0.1:{closed_port}/nowhere",
+        migrate_on_start=True,
+        reconcile_seconds=60,
+    )
+    assert client.get("/readyz").status_code == 200
+    recommend(client, "db-down-1")
+    health = client.get("/health").json()
+    assert (health["model_version"], health["status"]) == ("v1", "degraded")
+    assert health["db"].startswith("down")
+    assert client.app.state.request_log.flush(timeout=10)  # type: ignore[attr-defined]
+    assert failed_writes(client) == 1

@@ -1,0 +1,221 @@
+"""Zero-downtime reload over real HTTP: `tanp-serve` subprocesses, a client hammering
+/v1/recommend while the model is swapped 5 times, and an activate call reaching both workers of
+`--workers 2` through the real Redis within 2 s."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from model_versions import save_version
+
+pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+TOKEN = "live-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}, {"item_id": "a7", "rating": 0}], "k": 5}
+SERVE = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    save_version(root, "v1", seed=1)
+    save_version(root, "v2", seed=2)
+    past = os.stat(root / "v2" / "manifest.json").st_mtime - 100
+    os.utime(root / "v1" / "manifest.json", (past, past))  # v2 is the newest
+    return root
+
+
+class Server:
+    """`tanp-serve` in its own process group, stopped (by its pid) at teardown."""
+
+    def __init__(self, *, env: dict[str, str], workers: int, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = log.open("wb")
+        self.process = subprocess.Popen(
+            [*SERVE, "--port", str(self.port), "--workers", str(workers)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"tanp-serve exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("tanp-serve did not become ready")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        self._log.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, models: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+    database_url = f"sqlite:///{tmp_path / 'live.db'}"
+
+    def start(*, workers: int = 1, **extra: str) -> Server:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key not in ("REDIS_URL", "ACTIVE_MODEL", "DATABASE_URL", "MIGRATE_ON_START")
+        }
+        env.update(
+            MODELS_DIR=str(models),
+            DATABASE_URL=database_url,
+            ADMIN_TOKEN=TOKEN,
+            DEVICE="cpu",
+            LOG_LEVEL="WARNING",
+            OMP_NUM_THREADS="1",
+            **extra,
+        )
+        # Migrate once up front: workers racing to migrate one SQLite file is not the test.
+        subprocess.run([*SERVE, "migrate"], env=env, check=True, capture_output=True)
+        server = Server(env=env, workers=workers, log=tmp_path / f"serve-{len(servers)}.log")
+        servers.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_five_reloads_under_load_drop_no_request(start_server: Any) -> None:
+    server = start_server()
+    outcomes: Counter[tuple[int, str | None]] = Counter()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            while not stop.is_set():
+                try:
+                    response = client.post("/v1/recommend", json=RECOMMEND)
+                except httpx.HTTPError as error:
+                    outcomes[(0, type(error).__name__)] += 1
+                    continue
+                version = response.json().get("model_version") if response.is_success else None
+                outcomes[(response.status_code, version)] += 1
+
+    client_thread = threading.Thread(target=hammer)
+    client_thread.start()
+    reloads = []
+    try:
+        with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as admin:
+            for version in ["v1", "v2", "v1", "v2", "v1"]:
+                time.sleep(0.3)
+                response = admin.post("/admin/models/reload", json={"version": version})
+                reloads.append((response.status_code, response.json().get("version")))
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        client_thread.join(30)
+
+    logger.info("requests during 5 reloads by (status, version): %s", dict(outcomes))
+    assert reloads == [(200, v) for v in ["v1", "v2", "v1", "v2", "v1"]]
+    assert {status for status, _ in outcomes} == {200}, outcomes
+    assert {version for _, version in outcomes} == {"v1", "v2"}, outcomes
+    assert sum(outcomes.values()) >= 30, outcomes
+    final = httpx.post(f"{server.url}/v1/recommend", json=RECOMMEND).json()["model_version"]
+    assert final == "v1"
+
+
+@pytest.fixture
+def redis_namespace() -> Iterator[tuple[str, str]]:
+    """A random DB index and key prefix on the real Redis; deletes only its own keys."""
+    database = 1 + uuid.uuid4().int % 15
+    prefix = f"tanp-test-{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis(host="127.0.0.1", port=6379, db=database, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.skip(f"no Redis on 127.0.0.1:6379: {error}")
+    try:
+        yield f"redis://127.0.0.1:6379/{database}", prefix
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def worker_versions(url: str) -> dict[int, str | None]:
+    workers = httpx.get(f"{url}/health", timeout=5).json()["workers"]
+    return {int(worker["pid"]): worker["version"] for worker in workers}
+
+
+def test_activate_reaches_both_workers_within_two_seconds(
+    start_server: Any, redis_namespace: tuple[str, str]
+) -> None:
+    redis_url, prefix = redis_namespace
+    # A slow reconcile: only the pub/sub message can deliver the change within 2 s.
+    server = start_server(
+        workers=2, REDIS_URL=redis_url, BROADCAST_PREFIX=prefix, RECONCILE_SECONDS="30"
+    )
+    deadline = time.monotonic() + 60
+    versions: dict[int, str | None] = {}
+    while time.monotonic() < deadline:
+        versions = worker_versions(server.url)
+        if len(versions) == 2 and set(versions.values()) == {"v2"}:
+            break
+        time.sleep(0.2)
+    assert len(versions) == 2 and set(versions.values()) == {"v2"}, versions
+
+    started = time.monotonic()
+    response = httpx.post(f"{server.url}/admin/models/v1/activate", headers=AUTH, timeout=30)
+    assert response.status_code == 200
+    while time.monotonic() - started < 5:
+        versions = worker_versions(server.url)
+        if set(versions.values()) == {"v1"}:
+            break
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    logger.info("activate -> both workers on v1 in %.3f s", elapsed)
+
+    assert set(versions.values()) == {"v1"} and len(versions) == 2, versions
+    assert elapsed < 2.0, f"both workers on v1 after {elapsed:.2f}s"
+    # And the answers themselves come from v1, whichever worker takes the request.
+    answers = {
+        httpx.post(f"{server.url}/v1/recommend", json=RECOMMEND).json()["model_version"]
+        for _ in range(10)
+    }
+    assert answers == {"v1"}
