@@ -20,7 +20,7 @@ from torch.nn import functional as F
 
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
-AFFINITY_FEATURES = 2
+AFFINITY_FEATURES = 3
 Aggregator = Literal["mean", "attention"]
 
 
@@ -35,8 +35,9 @@ class TaNPConfig:
     reference's 0 scales every hidden unit by ~tanh(0) at initialisation, which is why its
     predictions stay nearly constant for most of training.
     `neighbours` = K > 0 stores each item's K most similar items (cosine over train users'
-    positives) and feeds the decoder two support-conditioned features per target item: its mean
-    similarity to the liked and to the disliked support items (item-kNN as a decoder input).
+    positives) and feeds the decoder three support-conditioned features per target item: its mean
+    similarity to the liked and to the disliked support items and its largest similarity to a
+    liked one (item-kNN as a decoder input).
     `item_prior_dim` > 0 feeds fixed item-side features (computed from train users only and
     stored as the `item_prior` buffer) into the decoder beside the item embedding.
     """
@@ -114,8 +115,8 @@ class TaskState(NamedTuple):
     """Everything the decoder needs from a support set; what the service caches.
 
     prior: q(z | context), each (B, Z); task: modulation input after the memory unit (B, T);
-    assignment: soft cluster assignment C (B, K); affinity: (B, 2, N) mean neighbour
-    similarity of every item to the liked / disliked support items ((B, 0, N) when unused).
+    assignment: soft cluster assignment C (B, K); affinity: (B, 3, N) neighbour similarity
+    features of every item (see TaNP.support_affinity; (B, 0, N) when unused).
     """
 
     prior: Gaussian
@@ -282,7 +283,7 @@ class ModulatedDecoder(nn.Module):
         self, first: Tensor, z: Tensor, task: Tensor, affinity: Tensor | None = None
     ) -> Tensor:
         """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T), affinity
-        (B, N, 2) target features when neighbours are used.
+        (B, N, 3) target features when neighbours are used.
 
         Returns scores (B, N), or (S, B, N) for S draws of z."""
         hidden = first + self.input_z(z).unsqueeze(-2)
@@ -376,15 +377,30 @@ class TaNP(nn.Module):
             parts.append(self.item_prior[items])
         return torch.cat(parts, dim=-1)
 
-    def encode(self, x: Tensor, labels: Tensor, mask: Tensor, items: Tensor) -> TaskState:
+    def encode(
+        self,
+        x: Tensor,
+        labels: Tensor,
+        mask: Tensor,
+        items: Tensor,
+        own_positives: Tensor | None = None,
+    ) -> TaskState:
         """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState."""
         prior = self.latent_head(self.latent_encoder(x, labels, mask))
         assignment, task = self.memory(self.task_encoder(x, labels, mask))
-        return TaskState(prior, task, assignment, self.support_affinity(items, labels, mask))
+        affinity = self.support_affinity(items, labels, mask, own_positives=own_positives)
+        return TaskState(prior, task, assignment, affinity)
 
-    def support_affinity(self, items: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
-        """(B, 2, N): mean similarity of every item to the liked and to the disliked context
-        items, through each context item's stored neighbour list; (B, 0, N) when unused."""
+    def support_affinity(
+        self, items: Tensor, labels: Tensor, mask: Tensor, *, own_positives: Tensor | None = None
+    ) -> Tensor:
+        """(B, 3, N): mean similarity of every item to the liked and to the disliked context
+        items, and its largest similarity to a liked one, through each context item's stored
+        neighbour list; (B, 0, N) when unused.
+
+        own_positives (B, N) bool, for users whose positives built the similarities (training
+        users): their own co-occurrences are taken out, sim' = (sim sqrt(n_i n_j) - 1) /
+        sqrt((n_i - 1)(n_j - 1)), so training sees the similarities a new user will get."""
         batch = items.shape[0]
         if not self.config.neighbours:
             return torch.zeros(batch, 0, self.config.num_items, device=items.device)
@@ -393,12 +409,32 @@ class TaNP(nn.Module):
         weights = torch.stack([liked, (1 - liked) * mask], dim=1)  # (B, 2, L)
         counts = weights.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 2, 1)
         neighbour_items = self.neighbour_index[items]  # (B, L, K)
+        similarity = self.neighbour_weight[items]  # (B, L, K)
+        if own_positives is not None:
+            similarity = self._without_own(items, neighbour_items, similarity, own_positives)
         # (B, 2, L, K): each context item's neighbour weights, split into liked and disliked
-        contributions = weights.unsqueeze(-1) * self.neighbour_weight[items].unsqueeze(1)
+        contributions = weights.unsqueeze(-1) * similarity.unsqueeze(1)
         affinity = torch.zeros(batch, 2, self.config.num_items, device=items.device)
         index = neighbour_items.reshape(batch, 1, -1).expand(-1, 2, -1)
         affinity.scatter_add_(2, index, contributions.reshape(batch, 2, -1))
-        return affinity / counts
+        closest = torch.zeros(batch, self.config.num_items, device=items.device)
+        closest.scatter_reduce_(
+            1, index[:, 0], contributions[:, 0].reshape(batch, -1), reduce="amax"
+        )
+        return torch.cat([affinity / counts, closest.unsqueeze(1)], dim=1)
+
+    def _without_own(
+        self, items: Tensor, neighbours: Tensor, similarity: Tensor, own_positives: Tensor
+    ) -> Tensor:
+        both = torch.gather(own_positives, 1, items).unsqueeze(-1) & torch.gather(
+            own_positives, 1, neighbours.reshape(items.shape[0], -1)
+        ).reshape(neighbours.shape)  # (B, L, K): the user liked both items
+        count_j = self.item_popularity[items].unsqueeze(-1)
+        count_i = self.item_popularity[neighbours]
+        shared = similarity * torch.sqrt(count_i * count_j) - 1.0
+        rest = torch.sqrt(((count_i - 1) * (count_j - 1)).clamp_min(0.0))
+        corrected = torch.where(rest > 0, shared.clamp_min(0.0) / rest.clamp_min(1e-8), 0.0)
+        return torch.where(both, corrected, similarity)
 
     def decode(self, x: Tensor, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
         """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N)."""
@@ -419,16 +455,18 @@ class TaNP(nn.Module):
         target_labels: Tensor | None = None,
         target_mask: Tensor | None = None,
         users: Tensor | None = None,
+        own_positives: Tensor | None = None,
         sample: bool = False,
     ) -> TaNPOutput:
         """Score targets given a context; with target labels also return q(z | target).
 
         Training (the reference): sample=True with target labels draws z from q(z | target).
         Inference: sample=False uses the mean of q(z | context), so scores are deterministic.
+        own_positives (B, N) bool marks training users' own positives (see support_affinity).
         """
         context_x = self.point_inputs(context_items, users)
         target_x = self.point_inputs(target_items, users)
-        state = self.encode(context_x, context_labels, context_mask, context_items)
+        state = self.encode(context_x, context_labels, context_mask, context_items, own_positives)
         posterior = None
         if target_labels is not None:
             if target_mask is None:
@@ -441,7 +479,7 @@ class TaNP(nn.Module):
 
 
 def target_affinity(state: TaskState, items: Tensor | None) -> Tensor | None:
-    """The affinity features of the targets: (B, N, 2) for items (B, N), or for every catalog
+    """The affinity features of the targets: (B, N, 3) for items (B, N), or for every catalog
     item when items is None; None when the model has no neighbour path."""
     if state.affinity.shape[1] == 0:
         return None

@@ -192,15 +192,23 @@ def load_ratings_final(directory: Path) -> Interactions:
 def load_hetrec(directory: Path) -> Interactions:
     """Format 2: rebuild ratings_final from raw HetRec with HetRec ids (README section 2 rules).
 
+    Without item_index2entity_id.txt (a plain GroupLens download) every artist is an item.
+
     Positives: every user_artists.dat pair whose artist is in the KG item set. Negatives: per
     user in ascending HetRec id, `np.random.choice(candidates, n_pos, replace=False)` from one
     RandomState(555), candidates = the items that are not the user's positives, ascending.
     """
     interactions_path = directory / HETREC_INTERACTIONS
-    artists = load_kg_item_index(directory)
+    rows = _read_rows(interactions_path, columns=3, header=True)
+    has_kg_index = (directory / KG_ITEM_INDEX).is_file()
+    if has_kg_index:
+        artists = load_kg_item_index(directory)
+    else:
+        # a plain GroupLens download has no KG mapping: every listened artist is an item
+        artists = sorted({row[1] for row in rows}, key=lambda text: (len(text), text))
     item_of_artist = {artist: index for index, artist in enumerate(artists)}
     positives: dict[int, list[int]] = {}
-    for number, row in enumerate(_read_rows(interactions_path, columns=3, header=True), start=2):
+    for number, row in enumerate(rows, start=2):
         user = _int(row[0], path=interactions_path, line=number, column="userID")
         _int(row[1], path=interactions_path, line=number, column="artistID")
         item = item_of_artist.get(row[1])
@@ -213,13 +221,15 @@ def load_hetrec(directory: Path) -> Interactions:
     for user_index, user in enumerate(user_ids):
         liked = positives[user]
         candidates = np.setdiff1d(all_items, np.asarray(liked), assume_unique=False)
-        negatives = random_state.choice(candidates, size=len(liked), replace=False)
-        users.extend([user_index] * (2 * len(liked)))
+        # as many negatives as positives (fewer only when the catalog runs out)
+        count = min(len(liked), candidates.size)
+        negatives = random_state.choice(candidates, size=count, replace=False)
+        users.extend([user_index] * (len(liked) + count))
         items.extend(liked)
         items.extend(int(item) for item in negatives)
-        labels.extend([1.0] * len(liked) + [0.0] * len(liked))
+        labels.extend([1.0] * len(liked) + [0.0] * count)
     artist_names = load_artist_names(directory)
-    files = [interactions_path, directory / KG_ITEM_INDEX]
+    files = [interactions_path, *([directory / KG_ITEM_INDEX] if has_kg_index else [])]
     return Interactions(
         user_ids=[str(user) for user in user_ids],
         item_ids=list(artists),

@@ -47,6 +47,9 @@ class TrainConfig:
     item_prior: bool = False
     lr_schedule: str = "constant"  # or "cosine"
     drop_last: bool = True
+    exclude_own_cooccurrence: bool = False
+    # select on every validation user (support = half, at most 20) instead of the 35 episodes
+    valid_all_users: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +151,7 @@ def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainCo
         num_items=len(interactions.item_ids),
         num_users=len(interactions.user_ids),
         item_prior_dim=2 if train.item_prior else 0,
+        neighbours=min(model_config.neighbours, len(interactions.item_ids)),
         label_min=interactions.label_min,
         label_max=interactions.label_max,
     )
@@ -191,7 +195,11 @@ def train_model(
         else prepared.episodes["train"]
     )
     data = episode_tensors(episodes)
-    validation = prepared.episodes["valid"]
+    validation = (
+        all_user_episodes(prepared, split_name="valid", rng=np.random.default_rng(train.seed + 1))
+        if train.valid_all_users
+        else prepared.episodes["valid"]
+    )
     threshold = prepared.interactions.positive_threshold
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     batches_per_epoch = max(
@@ -272,6 +280,14 @@ def train_step(
     if model.config.user_input == "unknown":
         hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
         users = users.masked_fill(hidden, model.config.unknown_user)
+    own_positives = None
+    if model.config.neighbours and train.exclude_own_cooccurrence:
+        # the episode holds the user's whole profile when it comes from a train user
+        liked = (labels >= train_positive_threshold(model)) & (
+            torch.arange(width)[None, :] < lengths[:, None]
+        )
+        counts = torch.zeros(len(chosen), model.config.num_items, dtype=torch.long)
+        own_positives = counts.scatter_add_(1, items, liked.long()) > 0
     output = model(
         context_items=items,
         context_labels=labels,
@@ -280,6 +296,7 @@ def train_step(
         target_labels=labels,
         target_mask=target,
         users=users,
+        own_positives=own_positives,
         sample=True,
     )
     parts = tanp_loss(
@@ -294,6 +311,12 @@ def train_step(
     parts.total.backward()
     optimizer.step()
     return np.array([float(value.detach()) for value in parts])
+
+
+def train_positive_threshold(model: TaNP) -> float:
+    """The label at or above which a point is a positive (1 for 0/1 data)."""
+    low, high = model.config.label_min, model.config.label_max
+    return high if (low, high) == (0.0, 1.0) else low + 0.75 * (high - low)
 
 
 def validation_ndcg5(

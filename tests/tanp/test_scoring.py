@@ -91,6 +91,13 @@ def test_neighbour_affinity_is_the_mean_similarity_to_liked_and_disliked_items()
             target[neighbour] += weight
     torch.testing.assert_close(state.affinity[0, 0], liked / 2)
     torch.testing.assert_close(state.affinity[0, 1], disliked / 1)
+    closest = torch.zeros(12)
+    for item in (0, 4):
+        for neighbour, weight in zip(
+            model.neighbour_index[item], model.neighbour_weight[item], strict=True
+        ):
+            closest[neighbour] = max(closest[neighbour], weight)
+    torch.testing.assert_close(state.affinity[0, 2], closest)
     restored = unpack_state(pack_state(state))
     torch.testing.assert_close(scorer.scores(restored), scorer.scores(state))
     candidates = torch.tensor([[5, 1, 9]])

@@ -79,3 +79,22 @@ def test_real_lastfm_and_hetrec_rebuild_agree() -> None:
 
     assert rows(ratings) == rows(rebuilt)
     assert np.array_equal(np.sort(ratings.labels), np.sort(rebuilt.labels))
+
+
+def test_hetrec_without_kg_index_uses_every_artist(tmp_path: Path) -> None:
+    lines = ["userID\tartistID\tweight"]
+    lines += [f"{user}\t{artist}\t{10 * artist}" for user in (2, 3) for artist in (5, 7, 11, 13)]
+    lines += ["4\t17\t1"]
+    (tmp_path / "user_artists.dat").write_text("\n".join(lines) + "\n")
+    (tmp_path / "artists.dat").write_text("id\tname\turl\tpictureURL\n5\tFive\tu\tp\n")
+    data = load_interactions(tmp_path)
+    assert data.item_ids == ["5", "7", "11", "13", "17"]
+    assert data.user_ids == ["2", "3", "4"]
+    assert data.item_names is not None and data.item_names[0] == "Five"
+    # each user gets as many negatives as positives, never one of its positives
+    for user in range(3):
+        rows = data.users == user
+        liked = set(data.items[rows & (data.labels == 1)].tolist())
+        disliked = set(data.items[rows & (data.labels == 0)].tolist())
+        assert len(disliked) == min(len(liked), 5 - len(liked))
+        assert not liked & disliked
