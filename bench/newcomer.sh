@@ -12,7 +12,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT=${PORT:-18000}
 READY_TIMEOUT=${READY_TIMEOUT:-600}
 BASE="http://127.0.0.1:$PORT"
-DEFAULT_PAYLOAD='{"support":[{"item_id":"289","rating":1},{"item_id":"290","rating":1},{"item_id":"291","rating":0}],"k":5}'
+DEFAULT_PAYLOAD='{"support":[{"item_id":"36","rating":1},{"item_id":"46","rating":1},{"item_id":"87","rating":0}],"k":5}'
 MODE=clone
 KEEP=0
 for argument in "$@"; do

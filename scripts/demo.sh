@@ -62,7 +62,7 @@ cat <<MSG
   tanp-rec demo: open http://127.0.0.1:$PORT/  (API docs: http://127.0.0.1:$PORT/docs)
   Try a recommendation for a new user with three rated artists:
 
-  curl -s -X POST http://127.0.0.1:$PORT/v1/recommend -H 'Content-Type: application/json' -d '{"support":[{"item_id":"289","rating":1},{"item_id":"290","rating":1},{"item_id":"291","rating":0}],"k":5}'
+  curl -s -X POST http://127.0.0.1:$PORT/v1/recommend -H 'Content-Type: application/json' -d '{"support":[{"item_id":"36","rating":1},{"item_id":"46","rating":1},{"item_id":"87","rating":0}],"k":5}'
 
   Stop with Ctrl-C.
 

@@ -399,8 +399,9 @@ class TaNP(nn.Module):
         neighbour list; (B, 0, N) when unused.
 
         own_positives (B, N) bool, for users whose positives built the similarities (training
-        users): their own co-occurrences are taken out, sim' = (sim sqrt(n_i n_j) - 1) /
-        sqrt((n_i - 1)(n_j - 1)), so training sees the similarities a new user will get."""
+        users): their own co-occurrences and counts are taken out, sim' = (sim sqrt(n_i n_j) -
+        o_i o_j) / sqrt((n_i - o_i)(n_j - o_j)) with o = 1 for the user's own positives, so
+        training sees the similarities a new user will get."""
         batch = items.shape[0]
         if not self.config.neighbours:
             return torch.zeros(batch, 0, self.config.num_items, device=items.device)
@@ -426,15 +427,17 @@ class TaNP(nn.Module):
     def _without_own(
         self, items: Tensor, neighbours: Tensor, similarity: Tensor, own_positives: Tensor
     ) -> Tensor:
-        both = torch.gather(own_positives, 1, items).unsqueeze(-1) & torch.gather(
-            own_positives, 1, neighbours.reshape(items.shape[0], -1)
-        ).reshape(neighbours.shape)  # (B, L, K): the user liked both items
+        own_j = torch.gather(own_positives, 1, items).unsqueeze(-1).float()  # (B, L, 1)
+        own_i = (
+            torch.gather(own_positives, 1, neighbours.reshape(items.shape[0], -1))
+            .reshape(neighbours.shape)
+            .float()
+        )  # (B, L, K)
         count_j = self.item_popularity[items].unsqueeze(-1)
         count_i = self.item_popularity[neighbours]
-        shared = similarity * torch.sqrt(count_i * count_j) - 1.0
-        rest = torch.sqrt(((count_i - 1) * (count_j - 1)).clamp_min(0.0))
-        corrected = torch.where(rest > 0, shared.clamp_min(0.0) / rest.clamp_min(1e-8), 0.0)
-        return torch.where(both, corrected, similarity)
+        shared = (similarity * torch.sqrt(count_i * count_j) - own_i * own_j).clamp_min(0.0)
+        rest = (count_i - own_i) * (count_j - own_j)
+        return torch.where(rest > 0, shared / torch.sqrt(rest.clamp_min(1e-8)), 0.0)
 
     def decode(self, x: Tensor, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
         """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N)."""

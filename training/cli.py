@@ -64,7 +64,8 @@ def _configs(args: argparse.Namespace) -> tuple[TaNPConfig, TrainConfig]:
             model_overrides[key] = value
         else:
             raise DataError(f"--set {key}: not a model or training option")
-    return TaNPConfig(num_items=1, **model_overrides), TrainConfig(**train_overrides)
+    # catalog and user counts are placeholders: the trainer sets them from the data
+    return TaNPConfig(num_items=1, num_users=1, **model_overrides), TrainConfig(**train_overrides)
 
 
 def command_prepare(args: argparse.Namespace) -> int:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from tanp.checkpoint import sha256_file
 
 DataFormat = Literal["auto", "ratings", "hetrec", "generic"]
 RATINGS_FILE = "ratings_final.txt"
@@ -27,6 +29,13 @@ KGCN_NEGATIVE_SEED = 555
 
 class DataError(Exception):
     """An input file that is missing or malformed; the message names the file and line."""
+
+
+def positive_threshold(label_min: float, label_max: float) -> float:
+    """Labels at or above this count as relevant: 1 for 0/1 data, 4 on a 1-5 scale."""
+    if (label_min, label_max) == (0.0, 1.0):
+        return 1.0
+    return label_min + 0.75 * (label_max - label_min)
 
 
 @dataclass(frozen=True)
@@ -54,25 +63,13 @@ class Interactions:
 
     @property
     def positive_threshold(self) -> float:
-        """Labels at or above this count as relevant: 1 for 0/1 data, 4 on a 1-5 scale."""
-        low, high = self.label_min, self.label_max
-        if set(np.unique(self.labels).tolist()) <= {0.0, 1.0}:
-            return 1.0
-        return low + 0.75 * (high - low)
+        return positive_threshold(self.label_min, self.label_max)
 
     def by_user(self) -> list[np.ndarray]:
         """Row indices of each user, in file order."""
         order = np.argsort(self.users, kind="stable")
         bounds = np.searchsorted(self.users[order], np.arange(len(self.user_ids) + 1))
         return [order[bounds[user] : bounds[user + 1]] for user in range(len(self.user_ids))]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(paths: list[Path]) -> str:
@@ -138,6 +135,23 @@ def _dense(values: list[str], *, numeric: bool) -> tuple[list[str], np.ndarray]:
     )
 
 
+def _interactions(
+    users: list[str], items: list[str], labels: list[float], *, source: dict[str, object]
+) -> Interactions:
+    """Rows of external ids -> Interactions with dense indices (numeric ids in numeric order)."""
+    user_ids, user_index = _dense(users, numeric=all(value.isdigit() for value in users))
+    item_ids, item_index = _dense(items, numeric=all(value.isdigit() for value in items))
+    return Interactions(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        users=user_index,
+        items=item_index,
+        labels=np.asarray(labels, dtype=np.float32),
+        item_names=None,
+        source=source,
+    )
+
+
 def load_artist_names(directory: Path) -> dict[str, str]:
     """HetRec artistID -> name from artists.dat (empty when the file is absent)."""
     path = directory / ARTISTS_FILE
@@ -167,26 +181,21 @@ def load_ratings_final(directory: Path) -> Interactions:
         users.append(str(_int(row[0], path=path, line=number, column="user")))
         items.append(str(_int(row[1], path=path, line=number, column="item")))
         labels.append(_float(row[2], path=path, line=number, column="label"))
-    user_ids, user_index = _dense(users, numeric=True)
-    item_ids, item_index = _dense(items, numeric=True)
-    names = None
-    files = [path]
-    if (directory / KG_ITEM_INDEX).is_file() and (directory / ARTISTS_FILE).is_file():
-        artists = load_kg_item_index(directory)
-        artist_names = load_artist_names(directory)
-        names = [
-            artist_names.get(artists[int(item)], item) if int(item) < len(artists) else item
-            for item in item_ids
-        ]
-    return Interactions(
-        user_ids=user_ids,
-        item_ids=item_ids,
-        users=user_index,
-        items=item_index,
-        labels=np.asarray(labels, dtype=np.float32),
-        item_names=names,
-        source={"format": "ratings", "files": [str(path.name)], "sha256": fingerprint(files)},
+    data = _interactions(
+        users,
+        items,
+        labels,
+        source={"format": "ratings", "files": [path.name], "sha256": fingerprint([path])},
     )
+    if not ((directory / KG_ITEM_INDEX).is_file() and (directory / ARTISTS_FILE).is_file()):
+        return data
+    artists = load_kg_item_index(directory)
+    artist_names = load_artist_names(directory)
+    names = [
+        artist_names.get(artists[int(item)], item) if int(item) < len(artists) else item
+        for item in data.item_ids
+    ]
+    return replace(data, item_names=names)
 
 
 def load_hetrec(directory: Path) -> Interactions:
@@ -276,16 +285,10 @@ def load_generic(path: Path) -> Interactions:
             labels.append(_float(rating, path=path, line=number, column="rating"))
     if not users:
         raise DataError(f"{path}: no interactions")
-    numeric = all(value.isdigit() for value in items)
-    user_ids, user_index = _dense(users, numeric=all(value.isdigit() for value in users))
-    item_ids, item_index = _dense(items, numeric=numeric)
-    return Interactions(
-        user_ids=user_ids,
-        item_ids=item_ids,
-        users=user_index,
-        items=item_index,
-        labels=np.asarray(labels, dtype=np.float32),
-        item_names=None,
+    return _interactions(
+        users,
+        items,
+        labels,
         source={"format": "generic", "files": [path.name], "sha256": fingerprint([path])},
     )
 

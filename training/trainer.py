@@ -19,6 +19,7 @@ import torch
 
 from tanp.model import TaNP, TaNPConfig
 from training.baselines import cosine_similarity, positive_matrix
+from training.data import positive_threshold
 from training.episodes import EpisodeSet, Prepared, all_user_episodes
 from training.evaluate import query_scores
 from training.losses import ClusteringTarget, tanp_loss
@@ -283,7 +284,7 @@ def train_step(
     own_positives = None
     if model.config.neighbours and train.exclude_own_cooccurrence:
         # the episode holds the user's whole profile when it comes from a train user
-        liked = (labels >= train_positive_threshold(model)) & (
+        liked = (labels >= positive_threshold(model.config.label_min, model.config.label_max)) & (
             torch.arange(width)[None, :] < lengths[:, None]
         )
         counts = torch.zeros(len(chosen), model.config.num_items, dtype=torch.long)
@@ -311,12 +312,6 @@ def train_step(
     parts.total.backward()
     optimizer.step()
     return np.array([float(value.detach()) for value in parts])
-
-
-def train_positive_threshold(model: TaNP) -> float:
-    """The label at or above which a point is a positive (1 for 0/1 data)."""
-    low, high = model.config.label_min, model.config.label_max
-    return high if (low, high) == (0.0, 1.0) else low + 0.75 * (high - low)
 
 
 def validation_ndcg5(

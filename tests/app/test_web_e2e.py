@@ -29,7 +29,12 @@ from app.api.deps import RETRY_AFTER_SECONDS
 from app.main import create_app
 from app.settings import Settings
 from tanp.checkpoint import save_checkpoint
-from tanp.model import TaNP, TaNPConfig
+from tanp.model import TaNPConfig
+from tests.synthetic import write_interactions_csv
+from training.data import load_interactions
+from training.episodes import random_split
+from training.presets import PRESETS
+from training.trainer import TrainConfig, train_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -90,10 +95,18 @@ class PageLog:
 
 @pytest.fixture(scope="module")
 def catalog_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained (a few epochs of the `paper` preset) on synthetic group-structured data
+    with NUM_ITEMS items; the page's popularity order is then pinned to POPULARITY."""
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    model = TaNP(TaNPConfig(num_items=NUM_ITEMS))
-    model.item_popularity = torch.tensor(POPULARITY)
+    data = write_interactions_csv(root.parent / "interactions.csv", items=NUM_ITEMS, per_user=15)
+    prepared = random_split(load_interactions(data), seed=0)
+    model_values, train_values = PRESETS["paper"]
+    model = train_model(
+        prepared,
+        model_config=TaNPConfig(num_items=1, **model_values),
+        train=TrainConfig(**{**train_values, "epochs": 6, "patience": 0}),
+    ).model
+    model.item_popularity.copy_(torch.tensor(POPULARITY))
     save_checkpoint(root / VERSION, model=model, items=ITEMS, item_names=NAMES, version=VERSION)
     return root
 

@@ -111,3 +111,16 @@ def test_save_refuses_mismatched_item_list(tmp_path: Path) -> None:
         save_checkpoint(
             tmp_path / "x", model=TaNP(TaNPConfig(num_items=3)), items=["a"], version="x"
         )
+
+
+@pytest.mark.gpu
+def test_cuda_scores_match_cpu(trained_run: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    cpu = build_model(trained_run, "cpu")
+    cuda = build_model(trained_run, "cuda")
+    assert cuda.device.type == "cuda"
+    support = ([0, 1, 2], [1.0, 0.0, 1.0])
+    expected = cpu.scorer.scores(cpu.scorer.encode_one(*support))
+    got = cuda.scorer.scores(cuda.scorer.encode_one(*support)).cpu()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

@@ -6,15 +6,17 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tanp.model import Gaussian, TaNPConfig
+from tanp.model import Gaussian, TaNP, TaNPConfig
+from training.baselines import cosine_similarity
 from training.cli import main
 from training.data import load_interactions
 from training.episodes import random_split
 from training.losses import clustering_loss, dec_target, gaussian_kl
-from training.trainer import TrainConfig, context_target_masks, train_model
+from training.trainer import TrainConfig, context_target_masks, nearest_neighbours, train_model
 
 
 def test_context_target_masks_follow_the_reference_recipe() -> None:
@@ -111,3 +113,23 @@ def test_cli_reports_bad_data_in_one_line(
     error = capsys.readouterr().err.strip()
     assert status == 2
     assert error.count("\n") == 0 and "bad.csv:2" in error
+
+
+def test_own_cooccurrence_removal_equals_similarity_without_the_user() -> None:
+    rng = np.random.default_rng(0)
+    matrix = (rng.random((30, 12)) < 0.35).astype(np.float32)
+    index, weight = nearest_neighbours(matrix, count=12)
+    model = TaNP(TaNPConfig(num_items=12, neighbours=12))
+    model.neighbour_index.copy_(torch.from_numpy(index))
+    model.neighbour_weight.copy_(torch.from_numpy(weight))
+    model.item_popularity.copy_(torch.from_numpy(matrix.sum(0)))
+    user = 3
+    liked = np.flatnonzero(matrix[user])[:3]
+    affinity = model.support_affinity(
+        torch.from_numpy(liked)[None],
+        torch.ones(1, 3),
+        torch.ones(1, 3, dtype=torch.bool),
+        own_positives=torch.from_numpy(matrix[user] > 0)[None],
+    )
+    without_user = cosine_similarity(np.delete(matrix, user, axis=0))
+    np.testing.assert_allclose(affinity[0, 0].numpy(), without_user[liked].mean(0), atol=1e-5)
