@@ -76,7 +76,7 @@ def main() -> None:
     for name in timings:
         model = build_untrained(prepared, TaNPConfig(num_items=1), train)
         model.train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, fused=True)
         generator = torch.Generator().manual_seed(0)
         for _ in range(args.epochs + 1):  # first epoch is warm-up
             started = time.perf_counter()

@@ -195,7 +195,14 @@ class PointEncoder(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         """x (B, N, X), y (B, N), mask (B, N) -> (B, out_dim)."""
-        encoded = self.pairs(torch.cat([x, y.unsqueeze(-1)], dim=-1))  # (B, N, D)
+        return self.aggregate(self.encode_pairs(x, y), mask)
+
+    def encode_pairs(self, x: Tensor, y: Tensor) -> Tensor:
+        """x (B, N, X), y (B, N) -> (B, N, out_dim), one vector per point."""
+        return self.pairs(torch.cat([x, y.unsqueeze(-1)], dim=-1))
+
+    def aggregate(self, encoded: Tensor, mask: Tensor) -> Tensor:
+        """Encoded points (B, N, D) and mask (B, N) -> (B, D)."""
         if self.attention is None:
             return masked_mean(encoded, mask)
         logits = self.attention(torch.tanh(encoded)).squeeze(-1)  # (B, N)
@@ -384,9 +391,14 @@ class TaNP(nn.Module):
         mask: Tensor,
         items: Tensor,
         own_positives: Tensor | None = None,
+        latent_pairs: Tensor | None = None,
     ) -> TaskState:
-        """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState."""
-        prior = self.latent_head(self.latent_encoder(x, labels, mask))
+        """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState.
+
+        latent_pairs: the latent path's per-point encodings when already computed."""
+        if latent_pairs is None:
+            latent_pairs = self.latent_encoder.encode_pairs(x, labels)
+        prior = self.latent_head(self.latent_encoder.aggregate(latent_pairs, mask))
         assignment, task = self.memory(self.task_encoder(x, labels, mask))
         affinity = self.support_affinity(items, labels, mask, own_positives=own_positives)
         return TaskState(prior, task, assignment, affinity)
@@ -468,13 +480,22 @@ class TaNP(nn.Module):
         own_positives (B, N) bool marks training users' own positives (see support_affinity).
         """
         context_x = self.point_inputs(context_items, users)
-        target_x = self.point_inputs(target_items, users)
-        state = self.encode(context_x, context_labels, context_mask, context_items, own_positives)
+        # training passes one point set for both (context and target are masks over it): each
+        # point is then embedded and encoded once for the prior and the posterior
+        shared = target_items is context_items and target_labels is context_labels
+        target_x = context_x if shared else self.point_inputs(target_items, users)
+        pairs = self.latent_encoder.encode_pairs(context_x, context_labels) if shared else None
+        state = self.encode(
+            context_x, context_labels, context_mask, context_items, own_positives, pairs
+        )
         posterior = None
         if target_labels is not None:
             if target_mask is None:
                 target_mask = torch.ones_like(target_labels, dtype=torch.bool)
-            posterior = self.latent(target_x, target_labels, target_mask)
+            if pairs is not None:
+                posterior = self.latent_head(self.latent_encoder.aggregate(pairs, target_mask))
+            else:
+                posterior = self.latent(target_x, target_labels, target_mask)
         source = posterior if posterior is not None else state.prior
         z = reparameterise(source) if sample else source.mu
         prediction = self.decode(target_x, z, state, target_items)

@@ -202,7 +202,9 @@ def train_model(
         else prepared.episodes["valid"]
     )
     threshold = prepared.interactions.positive_threshold
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
+    )
     batches_per_epoch = max(
         1,
         len(episodes) // train.batch_size
