@@ -20,7 +20,7 @@ import torch
 from tanp.model import TaNPConfig
 from training.data import load_interactions
 from training.episodes import Prepared, prepare
-from training.presets import PRESETS
+from training.presets import preset_configs
 from training.run import evaluate_baselines, evaluate_model
 from training.trainer import TrainConfig, train_model
 
@@ -31,12 +31,7 @@ KEYS = (("paper", "P@5"), ("paper", "NDCG@5"), ("paper", "MAP@5"), ("catalog", "
 def configs(
     name: str, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None
 ) -> tuple[TaNPConfig, TrainConfig]:
-    model_values, train_values = PRESETS[name]
-    return (
-        # catalog and user counts are placeholders: build_untrained sets them from the data
-        TaNPConfig(num_items=1, num_users=1, **{**model_values, **(model or {})}),
-        TrainConfig(**{**train_values, **(train or {})}),
-    )
+    return preset_configs(name, model=model, train=train)
 
 
 ABLATION: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [

@@ -17,7 +17,7 @@ from tanp.checkpoint import CheckpointError
 from tanp.model import TaNPConfig
 from training.data import DataError, load_interactions
 from training.episodes import Prepared, load_prepared, prepare, save_prepared
-from training.presets import DEFAULT_PRESET, PRESETS
+from training.presets import DEFAULT_PRESET, PRESETS, preset_configs
 from training.trainer import EpochRecord, TrainConfig
 
 logger = logging.getLogger("tanp-train")
@@ -46,9 +46,8 @@ def _load(args: argparse.Namespace) -> Prepared:
 
 
 def _configs(args: argparse.Namespace) -> tuple[TaNPConfig, TrainConfig]:
-    model_values, train_values = PRESETS[args.preset]
-    model_overrides: dict[str, Any] = dict(model_values)
-    train_overrides: dict[str, Any] = dict(train_values)
+    train_overrides: dict[str, Any] = {}
+    model_overrides: dict[str, Any] = {}
     for name in ("epochs", "lr", "batch_size", "patience"):
         value = getattr(args, name)
         if value is not None:
@@ -64,8 +63,7 @@ def _configs(args: argparse.Namespace) -> tuple[TaNPConfig, TrainConfig]:
             model_overrides[key] = value
         else:
             raise DataError(f"--set {key}: not a model or training option")
-    # catalog and user counts are placeholders: the trainer sets them from the data
-    return TaNPConfig(num_items=1, num_users=1, **model_overrides), TrainConfig(**train_overrides)
+    return preset_configs(args.preset, model=model_overrides, train=train_overrides)
 
 
 def command_prepare(args: argparse.Namespace) -> int:

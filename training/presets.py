@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from tanp.model import PRESETS as MODEL_PRESETS
+from tanp.model import TaNPConfig
+from training.trainer import TrainConfig
 
 BEST_MODEL: dict[str, Any] = {
     **MODEL_PRESETS["train_sh"],
@@ -41,3 +43,19 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "demo": (BEST_MODEL, {**BEST_TRAIN, "epochs": 12, "patience": 0}),
 }
 DEFAULT_PRESET = "paper"
+
+
+def preset_configs(
+    name: str,
+    *,
+    model: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+) -> tuple[TaNPConfig, TrainConfig]:
+    """The preset's model and training configs with overrides applied.
+
+    The catalog and user counts are placeholders: the trainer sets them from the data."""
+    model_values, train_values = PRESETS[name]
+    return (
+        TaNPConfig(num_items=1, num_users=1, **{**model_values, **(model or {})}),
+        TrainConfig(**{**train_values, **(train or {})}),
+    )

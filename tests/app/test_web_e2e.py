@@ -29,12 +29,11 @@ from app.api.deps import RETRY_AFTER_SECONDS
 from app.main import create_app
 from app.settings import Settings
 from tanp.checkpoint import save_checkpoint
-from tanp.model import TaNPConfig
 from tests.synthetic import write_interactions_csv
 from training.data import load_interactions
 from training.episodes import random_split
-from training.presets import PRESETS
-from training.trainer import TrainConfig, train_model
+from training.presets import preset_configs
+from training.trainer import train_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -100,12 +99,8 @@ def catalog_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     data = write_interactions_csv(root.parent / "interactions.csv", items=NUM_ITEMS, per_user=15)
     prepared = random_split(load_interactions(data), seed=0)
-    model_values, train_values = PRESETS["paper"]
-    model = train_model(
-        prepared,
-        model_config=TaNPConfig(num_items=1, **model_values),
-        train=TrainConfig(**{**train_values, "epochs": 6, "patience": 0}),
-    ).model
+    model_config, train_config = preset_configs("paper", train={"epochs": 6, "patience": 0})
+    model = train_model(prepared, model_config=model_config, train=train_config).model
     model.item_popularity.copy_(torch.tensor(POPULARITY))
     save_checkpoint(root / VERSION, model=model, items=ITEMS, item_names=NAMES, version=VERSION)
     return root
