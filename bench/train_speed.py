@@ -27,6 +27,7 @@ from training.trainer import (
     build_untrained,
     context_target_masks,
     episode_tensors,
+    epoch_batches,
     train_step,
 )
 
@@ -81,9 +82,7 @@ def main() -> None:
         for _ in range(args.epochs + 1):  # first epoch is warm-up
             started = time.perf_counter()
             if name == "batched":
-                order = torch.randperm(len(data.items), generator=generator)
-                for start in range(0, len(order) - train.batch_size + 1, train.batch_size):
-                    chosen = order[start : start + train.batch_size]
+                for chosen in epoch_batches(data.lengths, train=train, generator=generator):
                     train_step(
                         model, optimizer, data=data, chosen=chosen, train=train, generator=generator
                     )

@@ -68,6 +68,8 @@ class TaNPConfig:
     embedding_init_std: float = 0.0
     logvar_init: float = 0.0
     neighbours: int = 0
+    affinity_scale: float = 1.0
+    item_id_input: bool = True
     label_min: float = 0.0
     label_max: float = 1.0
 
@@ -85,7 +87,8 @@ class TaNPConfig:
     def x_dim(self) -> int:
         """Width of one point's input x: item embedding (+ user embedding) (+ item prior)."""
         user = self.second_embedding_dim if self.user_input == "unknown" else 0
-        return self.second_embedding_dim + user + self.item_prior_dim
+        item = self.second_embedding_dim if self.item_id_input else 0
+        return item + user + self.item_prior_dim
 
     @property
     def unknown_user(self) -> int:
@@ -264,6 +267,9 @@ class ModulatedDecoder(nn.Module):
         self.gamma_offset = config.film_gamma_offset
         self.input_x = nn.Linear(config.x_dim, widths[0])
         self.input_z = nn.Linear(config.z_dim, widths[0], bias=False)
+        # cosine similarities are small (~0.01-0.1); the scale brings them to the range of
+        # the other inputs so the first layer uses them from the start
+        self.affinity_scale = config.affinity_scale
         self.input_affinity = (
             nn.Linear(AFFINITY_FEATURES, widths[0], bias=False) if config.neighbours else None
         )
@@ -295,7 +301,7 @@ class ModulatedDecoder(nn.Module):
         Returns scores (B, N), or (S, B, N) for S draws of z."""
         hidden = first + self.input_z(z).unsqueeze(-2)
         if self.input_affinity is not None and affinity is not None:
-            hidden = hidden + self.input_affinity(affinity)
+            hidden = hidden + self.input_affinity(affinity * self.affinity_scale)
         layers: list[nn.Module] = [nn.Identity(), *self.hidden]
         for index, layer in enumerate(layers):
             if index > 0:
@@ -331,11 +337,15 @@ class TaNP(nn.Module):
     def __init__(self, config: TaNPConfig) -> None:
         super().__init__()
         self.config = config
-        self.item_embedding = IdEmbedding(
-            config.num_items,
-            config.first_embedding_dim,
-            config.second_embedding_dim,
-            init_std=config.embedding_init_std,
+        self.item_embedding = (
+            IdEmbedding(
+                config.num_items,
+                config.first_embedding_dim,
+                config.second_embedding_dim,
+                init_std=config.embedding_init_std,
+            )
+            if config.item_id_input
+            else None
         )
         self.user_embedding = (
             IdEmbedding(
@@ -372,7 +382,7 @@ class TaNP(nn.Module):
 
     def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
         """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
-        parts = [self.item_embedding(items)]
+        parts = [] if self.item_embedding is None else [self.item_embedding(items)]
         if self.user_embedding is not None:
             if users is None:
                 users = torch.full(

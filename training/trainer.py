@@ -48,6 +48,7 @@ class TrainConfig:
     item_prior: bool = False
     lr_schedule: str = "constant"  # or "cosine"
     drop_last: bool = True
+    bucket_batches: bool = True
     exclude_own_cooccurrence: bool = False
     # select on every validation user (support = half, at most 20) instead of the 35 episodes
     valid_all_users: bool = False
@@ -104,6 +105,25 @@ def episode_tensors(episodes: EpisodeSet) -> Batch:
         torch.from_numpy(lengths.astype(np.int64)),
         torch.from_numpy(episodes.users),
     )
+
+
+def epoch_batches(
+    lengths: torch.Tensor, *, train: TrainConfig, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch's batches of episode indices, in random order.
+
+    With `bucket_batches`, each run of 4 batches' worth of a random permutation is sorted by
+    episode length before it is cut, so a batch pads to little more than its own lengths."""
+    order = torch.randperm(len(lengths), generator=generator)
+    size = train.batch_size
+    if train.bucket_batches:
+        chunks = [order[start : start + 4 * size] for start in range(0, len(order), 4 * size)]
+        order = torch.cat([chunk[lengths[chunk].argsort(stable=True)] for chunk in chunks])
+    batches = [order[start : start + size] for start in range(0, len(order), size)]
+    if train.drop_last and batches and len(batches[-1]) < size and len(batches) > 1:
+        batches = batches[:-1]
+    shuffle = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[index] for index in shuffle]
 
 
 def context_target_masks(
@@ -224,10 +244,9 @@ def train_model(
     for epoch in range(1, train.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
-        order = torch.randperm(len(episodes), generator=generator)
         sums = np.zeros(4)
-        for batch_index in range(batches_per_epoch):
-            chosen = order[batch_index * train.batch_size : (batch_index + 1) * train.batch_size]
+        batches = epoch_batches(data.lengths, train=train, generator=generator)
+        for chosen in batches:
             parts = train_step(
                 model, optimizer, data=data, chosen=chosen, train=train, generator=generator
             )
@@ -239,7 +258,7 @@ def train_model(
         valid_ndcg = validation_ndcg5(
             model, validation, threshold=threshold, samples=train.eval_samples
         )
-        loss, mse, kl, clustering = (sums / batches_per_epoch).tolist()
+        loss, mse, kl, clustering = (sums / len(batches)).tolist()
         record = EpochRecord(
             epoch=epoch,
             loss=loss,

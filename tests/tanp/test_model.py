@@ -112,3 +112,21 @@ def test_config_round_trip_and_validation() -> None:
         TaNPConfig.from_dict({**config.to_dict(), "bogus": 1})
     with pytest.raises(ValueError, match="decoder"):
         TaNPConfig(num_items=10, decoder="mlp")  # type: ignore[arg-type]
+
+
+def test_model_without_item_ids_describes_items_by_priors_only() -> None:
+    config = TaNPConfig(num_items=30, item_id_input=False, item_prior_dim=2, neighbours=4)
+    model = TaNP(config).eval()
+    assert model.item_embedding is None
+    assert not any(name.startswith("item_embedding") for name in model.state_dict())
+    model.item_prior.copy_(torch.randn(30, 2))
+    data = _batch()
+    mask = torch.ones_like(data["labels"], dtype=torch.bool)
+    output = model(
+        context_items=data["items"],
+        context_labels=data["labels"],
+        context_mask=mask,
+        target_items=data["items"],
+    )
+    assert output.prediction.shape == (3, 8)
+    assert torch.isfinite(output.prediction).all()
