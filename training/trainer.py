@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -126,13 +126,23 @@ def epoch_batches(
     return [batches[index] for index in shuffle]
 
 
-def context_target_masks(
+class PointSplit(NamedTuple):
+    """Sampled points of B episodes: order (B, W) indexes each episode's points, context and
+    target (B, W) mask the first n_context and n_context + n_extra of them."""
+
+    order: torch.Tensor
+    context: torch.Tensor
+    target: torch.Tensor
+
+
+def context_target_split(
     lengths: torch.Tensor, *, context_min: int, width: int, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> PointSplit:
     """The reference's `new_context_target_split` for a whole batch.
 
     n_context ~ U[min(context_min, n-1), n-1], n_extra ~ U[0, n - n_context - 1]; a random
-    permutation picks the points; target = context + extra. Returns two (B, L) masks.
+    permutation picks the points; target = context + extra. Like the reference, only the
+    sampled points are kept: W = the largest target size in the batch.
     """
     low = torch.clamp(torch.clamp(lengths - 1, min=1), max=context_min)
     high = torch.clamp(lengths - 1, min=1)  # inclusive upper bound of n_context
@@ -145,10 +155,11 @@ def context_target_masks(
     keys = torch.rand((lengths.shape[0], width), generator=generator)
     positions = torch.arange(width)[None, :]
     keys = keys.masked_fill(positions >= lengths[:, None], float("inf"))
-    ranks = keys.argsort(dim=1).argsort(dim=1)
-    context = ranks < n_context[:, None]
-    target = ranks < (n_context + n_extra)[:, None]
-    return context, target
+    n_target = n_context + n_extra
+    keep = int(n_target.max())
+    order = keys.argsort(dim=1)[:, :keep]
+    kept = torch.arange(keep)[None, :]
+    return PointSplit(order, kept < n_context[:, None], kept < n_target[:, None])
 
 
 def item_prior_features(prepared: Prepared) -> np.ndarray:
@@ -295,7 +306,7 @@ def train_step(
     lengths = data.lengths[chosen]
     width = int(lengths.max())
     items, labels = data.items[chosen, :width], data.labels[chosen, :width]
-    context, target = context_target_masks(
+    split = context_target_split(
         lengths, context_min=train.context_min, width=width, generator=generator
     )
     users = data.users[chosen]
@@ -310,6 +321,8 @@ def train_step(
         )
         counts = torch.zeros(len(chosen), model.config.num_items, dtype=torch.long)
         own_positives = counts.scatter_add_(1, items, liked.long()) > 0
+    items, labels = torch.gather(items, 1, split.order), torch.gather(labels, 1, split.order)
+    context, target = split.context, split.target
     output = model(
         context_items=items,
         context_labels=labels,

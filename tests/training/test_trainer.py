@@ -16,20 +16,22 @@ from training.cli import main
 from training.data import load_interactions
 from training.episodes import random_split
 from training.losses import clustering_loss, dec_target, gaussian_kl
-from training.trainer import TrainConfig, context_target_masks, nearest_neighbours, train_model
+from training.trainer import TrainConfig, context_target_split, nearest_neighbours, train_model
 
 
-def test_context_target_masks_follow_the_reference_recipe() -> None:
+def test_context_target_split_follows_the_reference_recipe() -> None:
     lengths = torch.tensor([40, 25, 5, 60])
-    context, target = context_target_masks(
+    split = context_target_split(
         lengths, context_min=20, width=60, generator=torch.Generator().manual_seed(0)
     )
+    assert split.order.shape[1] == int(split.target.sum(1).max())
     for row, length in enumerate(lengths.tolist()):
-        n_context, n_target = int(context[row].sum()), int(target[row].sum())
+        n_context, n_target = int(split.context[row].sum()), int(split.target[row].sum())
         assert min(20, length - 1) <= n_context <= length - 1
-        assert n_context <= n_target <= length - 1 or n_target == n_context
-        assert not context[row, length:].any() and not target[row, length:].any()
-        assert (target[row] | ~context[row]).all()  # context is inside target
+        assert n_context <= n_target <= length - 1
+        chosen = split.order[row, :n_target].tolist()
+        assert len(set(chosen)) == n_target and max(chosen) < length  # distinct, no padding
+        assert (split.target[row] | ~split.context[row]).all()  # context is inside target
 
 
 def test_gaussian_kl_zero_for_equal_and_positive_otherwise() -> None:
