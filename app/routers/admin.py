@@ -228,13 +228,16 @@ def list_models(request: Request, settings: SettingsDep, holder: HolderDep) -> M
     )
 
 
+_ACTIVATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Not a version name (a path, a URL, or leaving MODELS_DIR)."},
+    422: {"description": "The checkpoint was refused; the previous model keeps serving."},
+}
+
+
 @router.post(
     "/models/reload",
     response_model=ActivateResponse,
-    responses={
-        400: {"description": "Not a version name (a path, a URL, or leaving MODELS_DIR)."},
-        422: {"description": "The checkpoint was refused; the previous model keeps serving."},
-    },
+    responses=_ACTIVATE_RESPONSES,
 )
 def reload_model(
     request: Request, body: ReloadRequest, settings: SettingsDep, holder: HolderDep
@@ -255,10 +258,7 @@ def reload_model(
 @router.post(
     "/models/{version}/activate",
     response_model=ActivateResponse,
-    responses={
-        400: {"description": "Not a version name (a path, a URL, or leaving MODELS_DIR)."},
-        422: {"description": "The checkpoint was refused; the previous model keeps serving."},
-    },
+    responses=_ACTIVATE_RESPONSES,
 )
 def activate_model(
     request: Request, version: str, settings: SettingsDep, holder: HolderDep

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from app_helpers import ITEMS, NAMES, tiny_model
@@ -22,6 +23,15 @@ def save_version(root: Path, name: str, *, seed: int = 0) -> Path:
         metrics={"catalog": {"Recall@20": 0.5 + seed / 100}},
     )
     return root / name
+
+
+def two_versions(root: Path) -> Path:
+    """Run directories v1 and v2 under `root`, v2 the newest; returns root."""
+    save_version(root, "v1", seed=1)
+    save_version(root, "v2", seed=2)
+    past = os.stat(root / "v2" / "manifest.json").st_mtime - 100
+    os.utime(root / "v1" / "manifest.json", (past, past))
+    return root
 
 
 def migrated_sqlite(path: Path) -> tuple[str, SessionFactory]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from app_helpers import AppFactory, TestClient
-from model_versions import save_version
+from model_versions import save_version, two_versions
 from safetensors.torch import save_file
 from sqlalchemy import select, text
 
@@ -28,12 +28,7 @@ RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}], "k": 3}
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    save_version(root, "v1", seed=1)
-    save_version(root, "v2", seed=2)
-    past = os.stat(root / "v2" / "manifest.json").st_mtime - 100
-    os.utime(root / "v1" / "manifest.json", (past, past))  # v2 is the newest
-    return root
+    return two_versions(tmp_path / "models")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from model_versions import migrated_sqlite, save_version
+from model_versions import migrated_sqlite, two_versions
 
 from app.broadcast import ModelSync
 from app.holder import ModelHolder, ServingModel
@@ -18,10 +18,7 @@ from app.registry import SessionFactory, active_version, mark_active
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    save_version(root, "v1", seed=1)
-    save_version(root, "v2", seed=2)
-    return root
+    return two_versions(tmp_path / "models")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from app_helpers import ITEMS
-from model_versions import migrated_sqlite, save_version
+from model_versions import migrated_sqlite, save_version, two_versions
 from sqlalchemy import func, select
 
 from app.db import make_engine, make_session_factory, run_migrations
@@ -33,10 +33,7 @@ from app.request_log import RequestLogEntry
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    save_version(root, "v1", seed=1)
-    save_version(root, "v2", seed=2)
-    return root
+    return two_versions(tmp_path / "models")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from model_versions import save_version
+from model_versions import two_versions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -41,12 +41,7 @@ def free_port() -> int:
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    save_version(root, "v1", seed=1)
-    save_version(root, "v2", seed=2)
-    past = os.stat(root / "v2" / "manifest.json").st_mtime - 100
-    os.utime(root / "v1" / "manifest.json", (past, past))  # v2 is the newest
-    return root
+    return two_versions(tmp_path / "models")
 
 
 class Server:
