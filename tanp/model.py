@@ -164,7 +164,7 @@ class IdEmbedding(nn.Module):
     """
 
     def __init__(
-        self, count: int, first_dim: int, second_dim: int, *, init_std: float = 0.0
+        self, count: int, *, first_dim: int, second_dim: int, init_std: float = 0.0
     ) -> None:
         super().__init__()
         self.first = nn.Embedding(count, first_dim)
@@ -218,7 +218,7 @@ class LatentHead(nn.Module):
     """h -> (mu, log-variance) of z, as the reference's MuSigmaEncoder."""
 
     def __init__(
-        self, in_dim: int, hidden_dim: int, z_dim: int, *, logvar_init: float = 0.0
+        self, in_dim: int, *, hidden_dim: int, z_dim: int, logvar_init: float = 0.0
     ) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_dim, hidden_dim)
@@ -240,7 +240,7 @@ class MemoryUnit(nn.Module):
     reference's unsquared distance); t' = t + sum_k C_k c_k.
     """
 
-    def __init__(self, clusters: int, dim: int, temperature: float) -> None:
+    def __init__(self, *, clusters: int, dim: int, temperature: float) -> None:
         super().__init__()
         self.centres = nn.Parameter(nn.init.xavier_uniform_(torch.empty(clusters, dim)))
         self.temperature = temperature
@@ -293,7 +293,7 @@ class ModulatedDecoder(nn.Module):
         return self.input_x(x)
 
     def forward_from_first(
-        self, first: Tensor, z: Tensor, task: Tensor, affinity: Tensor | None = None
+        self, first: Tensor, *, z: Tensor, task: Tensor, affinity: Tensor | None = None
     ) -> Tensor:
         """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T), affinity
         (B, N, 3) target features when neighbours are used.
@@ -340,8 +340,8 @@ class TaNP(nn.Module):
         self.item_embedding = (
             IdEmbedding(
                 config.num_items,
-                config.first_embedding_dim,
-                config.second_embedding_dim,
+                first_dim=config.first_embedding_dim,
+                second_dim=config.second_embedding_dim,
                 init_std=config.embedding_init_std,
             )
             if config.item_id_input
@@ -349,7 +349,9 @@ class TaNP(nn.Module):
         )
         self.user_embedding = (
             IdEmbedding(
-                config.num_users + 1, config.first_embedding_dim, config.second_embedding_dim
+                config.num_users + 1,
+                first_dim=config.first_embedding_dim,
+                second_dim=config.second_embedding_dim,
             )
             if config.user_input == "unknown"
             else None
@@ -362,7 +364,10 @@ class TaNP(nn.Module):
             aggregator=config.aggregator,
         )
         self.latent_head = LatentHead(
-            config.z1_dim, config.z2_dim, config.z_dim, logvar_init=config.logvar_init
+            config.z1_dim,
+            hidden_dim=config.z2_dim,
+            z_dim=config.z_dim,
+            logvar_init=config.logvar_init,
         )
         self.task_encoder = PointEncoder(
             x_dim=config.x_dim,
@@ -371,7 +376,9 @@ class TaNP(nn.Module):
             dropout=config.dropout_rate,
             aggregator=config.aggregator,
         )
-        self.memory = MemoryUnit(config.clusters_k, config.taskenc_final_dim, config.temperature)
+        self.memory = MemoryUnit(
+            clusters=config.clusters_k, dim=config.taskenc_final_dim, temperature=config.temperature
+        )
         self.decoder = ModulatedDecoder(config)
         self.register_buffer("item_popularity", torch.zeros(config.num_items))
         self.register_buffer("item_prior", torch.zeros(config.num_items, config.item_prior_dim))
@@ -396,6 +403,7 @@ class TaNP(nn.Module):
 
     def encode(
         self,
+        *,
         x: Tensor,
         labels: Tensor,
         mask: Tensor,
@@ -410,11 +418,13 @@ class TaNP(nn.Module):
             latent_pairs = self.latent_encoder.encode_pairs(x, labels)
         prior = self.latent_head(self.latent_encoder.aggregate(latent_pairs, mask))
         assignment, task = self.memory(self.task_encoder(x, labels, mask))
-        affinity = self.support_affinity(items, labels, mask, own_positives=own_positives)
+        affinity = self.support_affinity(
+            items=items, labels=labels, mask=mask, own_positives=own_positives
+        )
         return TaskState(prior, task, assignment, affinity)
 
     def support_affinity(
-        self, items: Tensor, labels: Tensor, mask: Tensor, *, own_positives: Tensor | None = None
+        self, *, items: Tensor, labels: Tensor, mask: Tensor, own_positives: Tensor | None = None
     ) -> Tensor:
         """(B, 3, N): mean similarity of every item to the liked and to the disliked context
         items, and its largest similarity to a liked one, through each context item's stored
@@ -434,7 +444,12 @@ class TaNP(nn.Module):
         neighbour_items = self.neighbour_index[items]  # (B, L, K)
         similarity = self.neighbour_weight[items]  # (B, L, K)
         if own_positives is not None:
-            similarity = self._without_own(items, neighbour_items, similarity, own_positives)
+            similarity = self._without_own(
+                items,
+                neighbours=neighbour_items,
+                similarity=similarity,
+                own_positives=own_positives,
+            )
         # (B, 2, L, K): each context item's neighbour weights, split into liked and disliked
         contributions = weights.unsqueeze(-1) * similarity.unsqueeze(1)
         affinity = torch.zeros(batch, 2, self.config.num_items, device=items.device)
@@ -447,7 +462,7 @@ class TaNP(nn.Module):
         return torch.cat([affinity / counts, closest.unsqueeze(1)], dim=1)
 
     def _without_own(
-        self, items: Tensor, neighbours: Tensor, similarity: Tensor, own_positives: Tensor
+        self, items: Tensor, *, neighbours: Tensor, similarity: Tensor, own_positives: Tensor
     ) -> Tensor:
         own_j = torch.gather(own_positives, 1, items).unsqueeze(-1).float()  # (B, L, 1)
         own_i = (
@@ -461,10 +476,12 @@ class TaNP(nn.Module):
         rest = (count_i - own_i) * (count_j - own_j)
         return torch.where(rest > 0, shared / torch.sqrt(rest.clamp_min(1e-8)), 0.0)
 
-    def decode(self, x: Tensor, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
+    def decode(self, x: Tensor, *, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
         """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N)."""
         first = self.decoder.first_layer_item_part(x)
-        return self.decoder.forward_from_first(first, z, state.task, target_affinity(state, items))
+        return self.decoder.forward_from_first(
+            first, z=z, task=state.task, affinity=target_affinity(state, items)
+        )
 
     def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
         """q(z | points): the latent path alone, used for the posterior over targets."""
@@ -496,7 +513,12 @@ class TaNP(nn.Module):
         target_x = context_x if shared else self.point_inputs(target_items, users)
         pairs = self.latent_encoder.encode_pairs(context_x, context_labels) if shared else None
         state = self.encode(
-            context_x, context_labels, context_mask, context_items, own_positives, pairs
+            x=context_x,
+            labels=context_labels,
+            mask=context_mask,
+            items=context_items,
+            own_positives=own_positives,
+            latent_pairs=pairs,
         )
         posterior = None
         if target_labels is not None:
@@ -508,7 +530,7 @@ class TaNP(nn.Module):
                 posterior = self.latent(target_x, target_labels, target_mask)
         source = posterior if posterior is not None else state.prior
         z = reparameterise(source) if sample else source.mu
-        prediction = self.decode(target_x, z, state, target_items)
+        prediction = self.decode(target_x, z=z, state=state, items=target_items)
         return TaNPOutput(prediction, state.prior, posterior, state.assignment)
 
 

@@ -43,7 +43,9 @@ class Scorer:
         labels = labels.to(self.device, torch.float32)
         if mask is None:
             mask = torch.ones_like(items, dtype=torch.bool)
-        return self.model.encode(self.item_x[items], labels, mask.to(self.device), items)
+        return self.model.encode(
+            x=self.item_x[items], labels=labels, mask=mask.to(self.device), items=items
+        )
 
     def encode_one(self, item_indices: list[int], labels: list[float]) -> TaskState:
         """One support set (possibly empty) -> TaskState with B = 1."""
@@ -81,7 +83,7 @@ class Scorer:
             candidates = candidates.to(self.device)
             first = self.item_first[candidates]  # (B, C, H1)
         affinity = target_affinity(state, candidates)
-        return self.model.decoder.forward_from_first(first, z, state.task, affinity)
+        return self.model.decoder.forward_from_first(first, z=z, task=state.task, affinity=affinity)
 
 
 def rank(

@@ -18,7 +18,7 @@ from tanp.scoring import rank
 PAPER_KS = (5, 7, 10)
 
 
-def paper_precision(ranked: Sequence[int], labels: Sequence[float], k: int) -> float:
+def paper_precision(ranked: Sequence[int], labels: Sequence[float], *, k: int) -> float:
     """Authors' precision: t = the k largest labels; a ranked item is a hit when its label
     is still in t (then removed from t). P@k = hits / k.
 
@@ -33,7 +33,7 @@ def paper_precision(ranked: Sequence[int], labels: Sequence[float], k: int) -> f
     return hits / k
 
 
-def paper_average_precision(ranked: Sequence[int], labels: Sequence[float], k: int) -> float:
+def paper_average_precision(ranked: Sequence[int], labels: Sequence[float], *, k: int) -> float:
     """Authors' AP: sum over hits (same matching as precision) of hits_so_far / (i + 1),
     divided by k (not by the number of relevant items)."""
     pool = sorted(labels, reverse=True)[:k]
@@ -46,7 +46,7 @@ def paper_average_precision(ranked: Sequence[int], labels: Sequence[float], k: i
     return total / k if hits else 0.0
 
 
-def paper_ndcg(ranked: Sequence[int], labels: Sequence[float], k: int) -> float:
+def paper_ndcg(ranked: Sequence[int], labels: Sequence[float], *, k: int) -> float:
     """DCG@k = sum_i (2^label_i - 1) / log2(i + 2) over the top k; divided by the DCG of the
     labels sorted descending. 0 when the ideal DCG is 0 (the authors' code would divide by 0)."""
     ideal = sorted(labels, reverse=True)
@@ -62,9 +62,9 @@ def paper_metrics(ranked: Sequence[int], labels: Sequence[float]) -> dict[str, f
     result: dict[str, float] = {}
     for k in PAPER_KS:
         top = min(k, len(labels))
-        result[f"P@{k}"] = paper_precision(ranked, labels, top) if top else 0.0
-        result[f"NDCG@{k}"] = paper_ndcg(ranked, labels, top)
-        result[f"MAP@{k}"] = paper_average_precision(ranked, labels, top) if top else 0.0
+        result[f"P@{k}"] = paper_precision(ranked, labels, k=top) if top else 0.0
+        result[f"NDCG@{k}"] = paper_ndcg(ranked, labels, k=top)
+        result[f"MAP@{k}"] = paper_average_precision(ranked, labels, k=top) if top else 0.0
     return result
 
 

@@ -86,7 +86,7 @@ def test_eval_is_deterministic_and_sampling_is_not() -> None:
 
 
 def test_embedding_lookup_equals_one_hot_linear() -> None:
-    embedding = IdEmbedding(12, 5, 4)
+    embedding = IdEmbedding(12, first_dim=5, second_dim=4)
     ids = torch.tensor([0, 7, 11])
     one_hot = F.one_hot(ids, 12).float()
     first = F.relu(one_hot @ embedding.first.weight)

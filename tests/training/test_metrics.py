@@ -24,14 +24,14 @@ def test_paper_precision_counts_matching_negatives_when_positives_are_few() -> N
     labels = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
     ranked = [0, 2, 3, 4, 5, 1]
     # t = [1, 1, 0, 0, 0]: item 0 hits a 1, items 2, 3, 4 hit the three 0s, item 5 finds none left
-    assert paper_precision(ranked, labels, 5) == pytest.approx(4 / 5)
+    assert paper_precision(ranked, labels, k=5) == pytest.approx(4 / 5)
     textbook = standard_metrics(np.array([6, 1, 5, 4, 3, 2], dtype=float), np.array(labels) >= 1)
     assert textbook["P@5"] == pytest.approx(1 / 5)
 
 
 def test_paper_precision_random_user_with_exactly_k_items_scores_one() -> None:
     labels = [1.0, 0.0, 1.0, 0.0, 0.0]
-    assert paper_precision([4, 3, 2, 1, 0], labels, 5) == 1.0
+    assert paper_precision([4, 3, 2, 1, 0], labels, k=5) == 1.0
 
 
 def test_paper_average_precision_divides_by_k() -> None:
@@ -39,7 +39,7 @@ def test_paper_average_precision_divides_by_k() -> None:
     ranked = [0, 1, 2, 3, 4, 5, 6]
     # t = five 1s: hits at positions 1, 3, 4, 5 -> 1/1 + 2/3 + 3/4 + 4/5, divided by k = 5
     expected = (1 + 2 / 3 + 3 / 4 + 4 / 5) / 5
-    assert paper_average_precision(ranked, labels, 5) == pytest.approx(expected)
+    assert paper_average_precision(ranked, labels, k=5) == pytest.approx(expected)
 
 
 def test_paper_ndcg_binary_by_hand() -> None:
@@ -47,12 +47,12 @@ def test_paper_ndcg_binary_by_hand() -> None:
     ranked = [0, 1, 3, 2, 4, 5]
     dcg = 1 / math.log2(3) + 1 / math.log2(5)
     ideal = 1 + 1 / math.log2(3)
-    assert paper_ndcg(ranked, labels, 5) == pytest.approx(dcg / ideal)
+    assert paper_ndcg(ranked, labels, k=5) == pytest.approx(dcg / ideal)
 
 
 def test_paper_ndcg_uses_exponential_gains_for_graded_labels() -> None:
     labels = [3.0, 1.0]
-    assert paper_ndcg([1, 0], labels, 2) == pytest.approx(
+    assert paper_ndcg([1, 0], labels, k=2) == pytest.approx(
         (1 + 7 / math.log2(3)) / (7 + 1 / math.log2(3))
     )
 

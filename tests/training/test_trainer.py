@@ -128,9 +128,9 @@ def test_own_cooccurrence_removal_equals_similarity_without_the_user() -> None:
     user = 3
     liked = np.flatnonzero(matrix[user])[:3]
     affinity = model.support_affinity(
-        torch.from_numpy(liked)[None],
-        torch.ones(1, 3),
-        torch.ones(1, 3, dtype=torch.bool),
+        items=torch.from_numpy(liked)[None],
+        labels=torch.ones(1, 3),
+        mask=torch.ones(1, 3, dtype=torch.bool),
         own_positives=torch.from_numpy(matrix[user] > 0)[None],
     )
     without_user = cosine_similarity(np.delete(matrix, user, axis=0))
