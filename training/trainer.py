@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from tanp.model import TaNP, TaNPConfig
+from tanp.scoring import rank
 from training.baselines import cosine_similarity, positive_matrix
 from training.data import positive_threshold
 from training.episodes import EpisodeSet, Prepared, all_user_episodes
 from training.evaluate import query_scores
 from training.losses import ClusteringTarget, tanp_loss
-from training.metrics import standard_metrics
+from training.metrics import ndcg_binary
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,13 @@ def episode_tensors(episodes: EpisodeSet) -> Batch:
     )
 
 
+def batch_count(episodes: int, *, train: TrainConfig) -> int:
+    """Batches per epoch: a last partial batch is dropped with `drop_last` unless it is the
+    only one."""
+    full, rest = divmod(episodes, train.batch_size)
+    return full + (1 if rest and (not train.drop_last or full == 0) else 0)
+
+
 def epoch_batches(
     lengths: torch.Tensor, *, train: TrainConfig, generator: torch.Generator
 ) -> list[torch.Tensor]:
@@ -120,8 +128,7 @@ def epoch_batches(
         chunks = [order[start : start + 4 * size] for start in range(0, len(order), 4 * size)]
         order = torch.cat([chunk[lengths[chunk].argsort(stable=True)] for chunk in chunks])
     batches = [order[start : start + size] for start in range(0, len(order), size)]
-    if train.drop_last and batches and len(batches[-1]) < size and len(batches) > 1:
-        batches = batches[:-1]
+    batches = batches[: batch_count(len(lengths), train=train)]
     shuffle = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[index] for index in shuffle]
 
@@ -162,14 +169,12 @@ def context_target_split(
     return PointSplit(order, kept < n_context[:, None], kept < n_target[:, None])
 
 
-def item_prior_features(prepared: Prepared) -> np.ndarray:
-    """(items, 2) fixed decoder inputs from train users only: standardised log popularity
-    and the item's mean cosine similarity to the 50 most popular items."""
-    matrix = positive_matrix(prepared)
-    popularity = np.log1p(matrix.sum(axis=0))
+def item_prior_features(counts: np.ndarray, similarity: np.ndarray) -> np.ndarray:
+    """(items, 2) fixed decoder inputs from train users only (positive counts, item cosine
+    similarity): standardised log popularity and mean similarity to the 50 most popular."""
+    popularity = np.log1p(counts)
     popularity = (popularity - popularity.mean()) / (popularity.std() + 1e-8)
-    similarity = cosine_similarity(matrix)
-    top = np.argsort(-matrix.sum(axis=0), kind="stable")[:50]
+    top = np.argsort(-counts, kind="stable")[:50]
     closeness = similarity[:, top].mean(axis=1)
     closeness = (closeness - closeness.mean()) / (closeness.std() + 1e-8)
     return np.stack([popularity, closeness], axis=1).astype(np.float32)
@@ -190,20 +195,23 @@ def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainCo
     torch.manual_seed(train.seed)
     model = TaNP(config)
     matrix = positive_matrix(prepared)
-    model.item_popularity.copy_(torch.from_numpy(matrix.sum(axis=0)))
+    counts = matrix.sum(axis=0)
+    model.item_popularity.copy_(torch.from_numpy(counts))
+    if not (train.item_prior or config.neighbours):
+        return model
+    similarity = cosine_similarity(matrix)
     if train.item_prior:
-        model.item_prior.copy_(torch.from_numpy(item_prior_features(prepared)))
+        model.item_prior.copy_(torch.from_numpy(item_prior_features(counts, similarity)))
     if config.neighbours:
-        index, weight = nearest_neighbours(matrix, count=config.neighbours)
+        index, weight = nearest_neighbours(similarity, count=config.neighbours)
         model.neighbour_index.copy_(torch.from_numpy(index))
         model.neighbour_weight.copy_(torch.from_numpy(weight))
     return model
 
 
-def nearest_neighbours(matrix: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's `count` most cosine-similar items over train users' positives (ties by
-    index), as (items, count) index and weight arrays."""
-    similarity = cosine_similarity(matrix)
+def nearest_neighbours(similarity: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's `count` most similar items (ties by index) from an (items, items)
+    similarity matrix, as (items, count) index and weight arrays."""
     count = min(count, similarity.shape[0])
     index = np.argsort(-similarity, axis=1, kind="stable")[:, :count]
     weight = np.take_along_axis(similarity, index, axis=1)
@@ -236,12 +244,7 @@ def train_model(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
     )
-    batches_per_epoch = max(
-        1,
-        len(episodes) // train.batch_size
-        if train.drop_last
-        else -(-len(episodes) // train.batch_size),
-    )
+    batches_per_epoch = batch_count(len(episodes), train=train)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=train.epochs * batches_per_epoch
@@ -361,5 +364,6 @@ def validation_ndcg5(
     for episode in range(len(episodes)):
         length = int(episodes.query_len[episode])
         relevant = episodes.query_labels[episode, :length] >= threshold
-        values.append(standard_metrics(scores[episode, :length], relevant)["NDCG@5"] or 0.0)
+        in_order = relevant[rank(scores[episode, :length])]
+        values.append(ndcg_binary(in_order, total_relevant=int(relevant.sum()), k=5))
     return float(np.mean(values))

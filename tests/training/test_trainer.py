@@ -120,7 +120,7 @@ def test_cli_reports_bad_data_in_one_line(
 def test_own_cooccurrence_removal_equals_similarity_without_the_user() -> None:
     rng = np.random.default_rng(0)
     matrix = (rng.random((30, 12)) < 0.35).astype(np.float32)
-    index, weight = nearest_neighbours(matrix, count=12)
+    index, weight = nearest_neighbours(cosine_similarity(matrix), count=12)
     model = TaNP(TaNPConfig(num_items=12, neighbours=12))
     model.neighbour_index.copy_(torch.from_numpy(index))
     model.neighbour_weight.copy_(torch.from_numpy(weight))
