@@ -1,10 +1,12 @@
 """Training-epoch time: our batched trainer vs a per-task loop (the reference's way).
 
-Same model, same data (the authors' 248 train episodes when ../shared/data is present, else
-synthetic), same optimiser; the per-task loop runs one forward per task and one optimiser step
-per batch, as the reference's `global_update`. Prints medians and their ratio.
+Same model, same data (the authors' 248 train episodes of the `tanp` split), same optimiser;
+the per-task loop runs one forward per task and one optimiser step per batch, as the
+reference's `global_update`. Epochs of the two alternate in one run. Measured
+for the default preset (`paper`, what `tanp-train train` trains) and the reference notebook's
+dimensions; prints medians and their ratio.
 
-    .venv/bin/python bench/train_speed.py [--data DIR] [--epochs 5]
+    .venv/bin/python bench/train_speed.py [--data DIR] [--epochs 10] [--presets paper,reference]
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import argparse
 import platform
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from tanp.model import TaNP, TaNPConfig
+from tanp.model import TaNP
 from training.data import load_interactions
-from training.episodes import prepare
+from training.episodes import Prepared, prepare
 from training.losses import clustering_loss, tanp_loss
+from training.presets import DEFAULT_PRESET, preset_configs
 from training.trainer import (
     Batch,
     TrainConfig,
@@ -56,9 +60,14 @@ def per_task_epoch(
             )
             items = data.items[episode : episode + 1][:, split.order[0]]
             labels = data.labels[episode : episode + 1][:, split.order[0]]
+            users = data.users[episode : episode + 1]
+            if model.config.user_input == "unknown":
+                hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
+                users = users.masked_fill(hidden, model.config.unknown_user)
             output = model(
                 context_items=items, context_labels=labels, context_mask=split.context,
-                target_items=items, target_labels=labels, target_mask=split.target, sample=True,
+                target_items=items, target_labels=labels, target_mask=split.target,
+                users=users, sample=True,
             )  # fmt: skip
             parts = tanp_loss(
                 output, target_labels=labels, target_mask=split.target, clustering_weight=0.0
@@ -71,24 +80,20 @@ def per_task_epoch(
         optimizer.step()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=SHARED)
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args()
-    interactions = load_interactions(args.data)
-    prepared = prepare(interactions, split="tanp", seed=2020, directory=args.data)
-    train = TrainConfig(lr=1e-4)
+def measure(prepared: Prepared, *, preset: str, epochs: int) -> tuple[float, float]:
+    """Median epoch seconds of (batched, per-task loop) for one preset's model."""
+    model_config, train = preset_configs(preset)
+    train = replace(train, all_train_users=False)  # both trainers see the same 248 episodes
     data = episode_tensors(prepared.episodes["train"])
     names = ("batched", "per-task loop")
     timings: dict[str, list[float]] = {name: [] for name in names}
     states = {}
     for name in names:
-        model = build_untrained(prepared, TaNPConfig(num_items=1), train).train()
+        model = build_untrained(prepared, model_config, train).train()
         optimizer = torch.optim.Adam(model.parameters(), lr=train.lr, fused=True)
         states[name] = (model, optimizer, torch.Generator().manual_seed(0))
     # epochs alternate between the two trainers so that machine noise hits both alike
-    for _ in range(args.epochs + 1):  # the first round is warm-up
+    for _ in range(epochs + 1):  # the first round is warm-up
         for name in names:
             model, optimizer, generator = states[name]
             started = time.perf_counter()
@@ -100,16 +105,28 @@ def main() -> None:
             else:
                 per_task_epoch(model, optimizer, data=data, train=train, generator=generator)
             timings[name].append(time.perf_counter() - started)
-    batched = statistics.median(timings["batched"][1:])
-    looped = statistics.median(timings["per-task loop"][1:])
+    return statistics.median(timings["batched"][1:]), statistics.median(
+        timings["per-task loop"][1:]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=SHARED)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--presets", default=f"{DEFAULT_PRESET},reference")
+    args = parser.parse_args()
+    interactions = load_interactions(args.data)
+    prepared = prepare(interactions, split="tanp", seed=2020, directory=args.data)
+    episodes = len(prepared.episodes["train"])
     threads = torch.get_num_threads()
     print(f"machine: {platform.machine()}, {threads} torch threads, torch {torch.__version__}")
-    print(f"episodes per epoch: {len(data.items)} (batch {train.batch_size}, reference model dims)")
-    print("| trainer | median epoch (s) |")
-    print("|---|---|")
-    print(f"| batched (ours) | {batched:.4f} |")
-    print(f"| per-task loop (reference's way) | {looped:.4f} |")
-    print(f"ratio: {looped / batched:.1f}x")
+    print(f"episodes per epoch: {episodes}, batch 32, {args.epochs} epochs each, alternating")
+    print("| preset (model) | batched, ours (s/epoch) | per-task loop (s/epoch) | ratio |")
+    print("|---|---|---|---|")
+    for preset in args.presets.split(","):
+        batched, looped = measure(prepared, preset=preset, epochs=args.epochs)
+        print(f"| {preset} | {batched:.4f} | {looped:.4f} | {looped / batched:.1f}x |")
 
 
 if __name__ == "__main__":

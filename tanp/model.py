@@ -21,6 +21,7 @@ from torch.nn import functional as F
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
 AFFINITY_FEATURES = 3
+PAIR_SIMILARITY_MAX_ITEMS = 8192  # a dense (items, items) float32 matrix of at most 256 MiB
 Aggregator = Literal["mean", "attention"]
 
 
@@ -119,7 +120,8 @@ class TaskState(NamedTuple):
 
     prior: q(z | context), each (B, Z); task: modulation input after the memory unit (B, T);
     assignment: soft cluster assignment C (B, K); affinity: (B, 3, N) neighbour similarity
-    features of every item (see TaNP.support_affinity; (B, 0, N) when unused).
+    features of every item (see TaNP.support_affinity; (B, 0, N) when unused), or (B, 3, W) of
+    the W targets named to TaNP.encode.
     """
 
     prior: Gaussian
@@ -319,7 +321,7 @@ class ModulatedDecoder(nn.Module):
             eta, gate = torch.tanh(parts[2]), torch.sigmoid(parts[3])
             gamma = gamma * gate + eta * (1 - gate)
             beta = beta * gate + eta * (1 - gate)
-        return hidden * (gamma + self.gamma_offset) + beta
+        return torch.addcmul(beta, hidden, gamma + self.gamma_offset)
 
 
 class TaNP(nn.Module):
@@ -333,6 +335,7 @@ class TaNP(nn.Module):
     item_prior: Tensor
     neighbour_index: Tensor
     neighbour_weight: Tensor
+    pair_similarity: Tensor | None
 
     def __init__(self, config: TaNPConfig) -> None:
         super().__init__()
@@ -386,6 +389,8 @@ class TaNP(nn.Module):
             "neighbour_index", torch.zeros(config.num_items, config.neighbours, dtype=torch.long)
         )
         self.register_buffer("neighbour_weight", torch.zeros(config.num_items, config.neighbours))
+        # a training-only cache, never saved (see build_pair_similarity)
+        self.register_buffer("pair_similarity", None, persistent=False)
 
     def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
         """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
@@ -410,18 +415,63 @@ class TaNP(nn.Module):
         items: Tensor,
         own_positives: Tensor | None = None,
         latent_pairs: Tensor | None = None,
+        targets: Tensor | None = None,
     ) -> TaskState:
         """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState.
 
-        latent_pairs: the latent path's per-point encodings when already computed."""
+        latent_pairs: the latent path's per-point encodings when already computed.
+        targets (B, W): when given, the affinity covers only these items, (B, 3, W) in their
+        order, instead of the whole catalog."""
         if latent_pairs is None:
             latent_pairs = self.latent_encoder.encode_pairs(x, labels)
         prior = self.latent_head(self.latent_encoder.aggregate(latent_pairs, mask))
-        assignment, task = self.memory(self.task_encoder(x, labels, mask))
-        affinity = self.support_affinity(
-            items=items, labels=labels, mask=mask, own_positives=own_positives
+        # points after the last context column of every episode never reach the task encoder
+        used = trailing_trim(mask)
+        assignment, task = self.memory(
+            self.task_encoder(x[:, :used], labels[:, :used], mask[:, :used])
         )
+        if targets is not None and self.pair_similarity is not None and own_positives is None:
+            affinity = self.pair_affinity(items=items, labels=labels, mask=mask, targets=targets)
+        else:
+            affinity = self.support_affinity(
+                items=items, labels=labels, mask=mask, own_positives=own_positives
+            )
+            if targets is not None and affinity.shape[1]:
+                affinity = torch.gather(
+                    affinity, 2, targets.unsqueeze(1).expand(-1, affinity.shape[1], -1)
+                )
         return TaskState(prior, task, assignment, affinity)
+
+    def build_pair_similarity(self, max_items: int = PAIR_SIMILARITY_MAX_ITEMS) -> None:
+        """Spread the neighbour lists into a dense (items, items) matrix, S[i, j] = the weight
+        of j in i's list (0 when absent), so training reads the affinity of its few target
+        items with one gather instead of scattering every neighbour over the whole catalog.
+        Skipped for catalogs over max_items (the matrix takes items^2 * 4 bytes); not saved."""
+        items = self.config.num_items
+        if not self.config.neighbours or items > max_items:
+            self.pair_similarity = None
+            return
+        dense = torch.zeros(items, items, device=self.neighbour_weight.device)
+        self.pair_similarity = dense.scatter_(1, self.neighbour_index, self.neighbour_weight)
+
+    def pair_affinity(
+        self, *, items: Tensor, labels: Tensor, mask: Tensor, targets: Tensor
+    ) -> Tensor:
+        """support_affinity restricted to targets (B, W): (B, 3, W), through the dense matrix
+        of build_pair_similarity."""
+        assert self.pair_similarity is not None
+        weights, counts = self._support_weights(labels, mask)
+        similarity = self.pair_similarity[items.unsqueeze(-1), targets.unsqueeze(1)]  # (B, L, W)
+        sums = weights @ similarity  # (B, 2, W)
+        closest = (weights[:, :1].transpose(1, 2) * similarity).amax(1, keepdim=True)
+        return torch.cat([sums / counts, closest.clamp_min(0.0)], dim=1)
+
+    def _support_weights(self, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Each context point's liked / disliked weight (B, 2, L) and their sums (B, 2, 1)."""
+        span = max(self.config.label_max - self.config.label_min, 1e-8)
+        liked = ((labels - self.config.label_min) / span).clamp(0, 1) * mask
+        weights = torch.stack([liked, (1 - liked) * mask], dim=1)
+        return weights, weights.sum(-1, keepdim=True).clamp_min(1.0)
 
     def support_affinity(
         self, *, items: Tensor, labels: Tensor, mask: Tensor, own_positives: Tensor | None = None
@@ -437,10 +487,7 @@ class TaNP(nn.Module):
         batch = items.shape[0]
         if not self.config.neighbours:
             return torch.zeros(batch, 0, self.config.num_items, device=items.device)
-        span = max(self.config.label_max - self.config.label_min, 1e-8)
-        liked = ((labels - self.config.label_min) / span).clamp(0, 1) * mask
-        weights = torch.stack([liked, (1 - liked) * mask], dim=1)  # (B, 2, L)
-        counts = weights.sum(-1, keepdim=True).clamp_min(1.0)  # (B, 2, 1)
+        weights, counts = self._support_weights(labels, mask)  # (B, 2, L), (B, 2, 1)
         neighbour_items = self.neighbour_index[items]  # (B, L, K)
         similarity = self.neighbour_weight[items]  # (B, L, K)
         if own_positives is not None:
@@ -476,8 +523,9 @@ class TaNP(nn.Module):
         rest = (count_i - own_i) * (count_j - own_j)
         return torch.where(rest > 0, shared / torch.sqrt(rest.clamp_min(1e-8)), 0.0)
 
-    def decode(self, x: Tensor, *, z: Tensor, state: TaskState, items: Tensor) -> Tensor:
-        """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N)."""
+    def decode(self, x: Tensor, *, z: Tensor, state: TaskState, items: Tensor | None) -> Tensor:
+        """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N); items None
+        when the state's affinity is already aligned with the targets."""
         first = self.decoder.first_layer_item_part(x)
         return self.decoder.forward_from_first(
             first, z=z, task=state.task, affinity=target_affinity(state, items)
@@ -519,6 +567,7 @@ class TaNP(nn.Module):
             items=context_items,
             own_positives=own_positives,
             latent_pairs=pairs,
+            targets=target_items,
         )
         posterior = None
         if target_labels is not None:
@@ -530,8 +579,15 @@ class TaNP(nn.Module):
                 posterior = self.latent(target_x, target_labels, target_mask)
         source = posterior if posterior is not None else state.prior
         z = reparameterise(source) if sample else source.mu
-        prediction = self.decode(target_x, z=z, state=state, items=target_items)
+        # the state's affinity already covers exactly the targets
+        prediction = self.decode(target_x, z=z, state=state, items=None)
         return TaNPOutput(prediction, state.prior, posterior, state.assignment)
+
+
+def trailing_trim(mask: Tensor) -> int:
+    """Number of leading point columns that hold a masked-in point of some episode."""
+    columns = mask.any(0).nonzero()
+    return int(columns[-1]) + 1 if len(columns) else 0
 
 
 def target_affinity(state: TaskState, items: Tensor | None) -> Tensor | None:

@@ -206,6 +206,7 @@ def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainCo
         index, weight = nearest_neighbours(similarity, count=config.neighbours)
         model.neighbour_index.copy_(torch.from_numpy(index))
         model.neighbour_weight.copy_(torch.from_numpy(weight))
+        model.build_pair_similarity()
     return model
 
 

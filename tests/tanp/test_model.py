@@ -130,3 +130,41 @@ def test_model_without_item_ids_describes_items_by_priors_only() -> None:
     )
     assert output.prediction.shape == (3, 8)
     assert torch.isfinite(output.prediction).all()
+
+
+def test_dense_pair_similarity_gives_the_catalog_affinity_of_the_targets() -> None:
+    torch.manual_seed(0)
+    items, neighbours = 30, 6
+    model = TaNP(TaNPConfig(num_items=items, neighbours=neighbours, label_max=5.0)).train()
+    model.neighbour_index.copy_(
+        torch.stack([torch.randperm(items)[:neighbours] for _ in range(items)])
+    )
+    model.neighbour_weight.copy_(torch.rand(items, neighbours))
+    data = _batch(num_items=items, width=9)
+    labels = data["labels"] * 4.0 + 0.5  # graded labels: fractional liked weights
+    context = torch.arange(9)[None, :] < torch.tensor([[4], [9], [6]])
+    target = torch.arange(9)[None, :] < torch.tensor([[7], [9], [8]])
+    outputs = []
+    for build in (False, True):
+        if build:
+            model.build_pair_similarity()
+        assert (model.pair_similarity is not None) == build
+        torch.manual_seed(1)
+        output = model(
+            context_items=data["items"], context_labels=labels, context_mask=context,
+            target_items=data["items"], target_labels=labels, target_mask=target, sample=True,
+        )  # fmt: skip
+        outputs.append(output)
+    torch.testing.assert_close(outputs[0].prediction, outputs[1].prediction)
+    catalog = model.encode(
+        x=model.point_inputs(data["items"]), labels=labels, mask=context, items=data["items"]
+    ).affinity
+    pairs = model.pair_affinity(
+        items=data["items"], labels=labels, mask=context, targets=data["items"]
+    )
+    torch.testing.assert_close(
+        pairs, torch.gather(catalog, 2, data["items"][:, None].expand(-1, 3, -1))
+    )
+    assert "pair_similarity" not in model.state_dict()
+    model.build_pair_similarity(max_items=items - 1)
+    assert model.pair_similarity is None
