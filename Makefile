@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 SERVE_STAMP := $(VENV)/.serve-installed
 
-.PHONY: install install-dev system-deps lint typecheck imports test test-fast bench demo serve clean
+.PHONY: install install-dev system-deps hooks lint typecheck imports test test-fast bench demo serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ system-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium missing: run 'sudo apt-get install -y chromium'"; fi; }
+
+# the git pre-commit hook of .pre-commit-config.yaml (large files, datasets, checkpoints)
+hooks: install-dev
+	$(BIN)/pre-commit install
 
 lint: install-dev
 	$(BIN)/ruff check .
