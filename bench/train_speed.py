@@ -32,6 +32,7 @@ from training.trainer import (
     context_target_split,
     episode_tensors,
     epoch_batches,
+    hide_users,
     train_step,
 )
 
@@ -60,10 +61,9 @@ def per_task_epoch(
             )
             items = data.items[episode : episode + 1][:, split.order[0]]
             labels = data.labels[episode : episode + 1][:, split.order[0]]
-            users = data.users[episode : episode + 1]
-            if model.config.user_input == "unknown":
-                hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
-                users = users.masked_fill(hidden, model.config.unknown_user)
+            users = hide_users(
+                model, data.users[episode : episode + 1], train=train, generator=generator
+            )
             output = model(
                 context_items=items, context_labels=labels, context_mask=split.context,
                 target_items=items, target_labels=labels, target_mask=split.target,

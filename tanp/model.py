@@ -436,10 +436,8 @@ class TaNP(nn.Module):
             affinity = self.support_affinity(
                 items=items, labels=labels, mask=mask, own_positives=own_positives
             )
-            if targets is not None and affinity.shape[1]:
-                affinity = torch.gather(
-                    affinity, 2, targets.unsqueeze(1).expand(-1, affinity.shape[1], -1)
-                )
+            if targets is not None:
+                affinity = affinity_of(affinity, targets)
         return TaskState(prior, task, assignment, affinity)
 
     def build_pair_similarity(self, max_items: int = PAIR_SIMILARITY_MAX_ITEMS) -> None:
@@ -590,15 +588,20 @@ def trailing_trim(mask: Tensor) -> int:
     return int(columns[-1]) + 1 if len(columns) else 0
 
 
+def affinity_of(affinity: Tensor, items: Tensor) -> Tensor:
+    """Catalog-wide affinity (B, F, N_catalog) -> the columns of items (B, N): (B, F, N)."""
+    return torch.gather(affinity, 2, items.unsqueeze(1).expand(-1, affinity.shape[1], -1))
+
+
 def target_affinity(state: TaskState, items: Tensor | None) -> Tensor | None:
-    """The affinity features of the targets: (B, N, 3) for items (B, N), or for every catalog
-    item when items is None; None when the model has no neighbour path."""
+    """The affinity features of the targets: (B, N, 3) for items (B, N), or for all the state
+    holds (every catalog item, or the targets named to TaNP.encode) when items is None; None
+    when the model has no neighbour path."""
     if state.affinity.shape[1] == 0:
         return None
     if items is None:
         return state.affinity.transpose(1, 2)
-    index = items.unsqueeze(1).expand(-1, state.affinity.shape[1], -1)
-    return torch.gather(state.affinity, 2, index).transpose(1, 2)
+    return affinity_of(state.affinity, items).transpose(1, 2)
 
 
 def reparameterise(gaussian: Gaussian, generator: torch.Generator | None = None) -> Tensor:

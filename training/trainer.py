@@ -297,6 +297,17 @@ def train_model(
     return TrainResult(model, best_epoch, len(history), history, time.perf_counter() - started)
 
 
+def hide_users(
+    model: TaNP, users: torch.Tensor, *, train: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """With a shared unknown-user row, replace each episode's user id by it with probability
+    `unknown_user_rate`, so the row learns what every user the service sees gets."""
+    if model.config.user_input != "unknown":
+        return users
+    hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
+    return users.masked_fill(hidden, model.config.unknown_user)
+
+
 def train_step(
     model: TaNP,
     optimizer: torch.optim.Optimizer,
@@ -313,10 +324,7 @@ def train_step(
     split = context_target_split(
         lengths, context_min=train.context_min, width=width, generator=generator
     )
-    users = data.users[chosen]
-    if model.config.user_input == "unknown":
-        hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
-        users = users.masked_fill(hidden, model.config.unknown_user)
+    users = hide_users(model, data.users[chosen], train=train, generator=generator)
     own_positives = None
     if model.config.neighbours and train.exclude_own_cooccurrence:
         # the episode holds the user's whole profile when it comes from a train user
