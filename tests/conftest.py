@@ -9,6 +9,14 @@ import pytest
 from tests.synthetic import write_interactions_csv
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that read a trained model are `trains` tests (Makefile: a scalar-kernel rerun)."""
+    trained_fixtures = {"trained_run", "catalog_models_dir"}
+    for item in items:
+        if trained_fixtures & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.trains)
+
+
 @pytest.fixture(scope="session")
 def synthetic_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_interactions_csv(tmp_path_factory.mktemp("data") / "interactions.csv")
