@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
+from app.api.routes import admin, health, items, recommend
 from app.broadcast import ModelSync
 from app.cache import MemoryCache, RedisCache, TaskStateCache
 from app.errors import install_error_handlers
@@ -25,7 +26,6 @@ from app.holder import ModelHolder, VersionError, list_versions
 from app.middleware import ServiceMiddleware
 from app.registry import Persistence, open_persistence, record_startup_model
 from app.request_log import NullRequestLog
-from app.routers import admin, health, items, recommend
 from app.settings import Settings
 from app.telemetry import Metrics
 from tanp.checkpoint import CheckpointError
