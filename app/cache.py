@@ -1,9 +1,10 @@
-"""Task-embedding cache: canonical support set -> packed `TaskState` bytes (SPEC section 7).
+"""Task-embedding cache: canonical support set -> `TaskState` (SPEC section 7).
 
-The value is `tanp.scoring.pack_state` output (a header plus raw float32, never pickle). Two
-backends share one small interface: `RedisCache` (REDIS_URL set) and `MemoryCache` (a bounded,
-thread-safe LRU with TTL). A cache failure is a miss, counted and logged, never an error
-response. Knows nothing about HTTP or the model beyond the key's version string.
+`TaskStateCache` owns the key (`tanp:{model_version}:{support digest}`) and the value format
+(`tanp.scoring.pack_state`: a header plus raw float32, never pickle) over a byte store: `RedisCache`
+(REDIS_URL set) or `MemoryCache` (a bounded, thread-safe LRU with TTL). A store failure or a
+malformed value is a miss, counted and logged, never an error response. Knows nothing about HTTP
+or the model beyond the key's version string.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import redis
+import torch
 from redis.exceptions import RedisError
+
+from tanp.model import TaskState
+from tanp.scoring import pack_state, unpack_state
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +46,8 @@ def cache_key(*, model_version: str, digest: str, prefix: str = DEFAULT_PREFIX) 
     return f"{prefix}:{model_version}:{digest}"
 
 
-class TaskStateCache(Protocol):
-    """What the recommend route needs from a cache backend."""
+class ByteStore(Protocol):
+    """A key -> bytes store with a TTL: what `TaskStateCache` keeps its states in."""
 
     kind: str
 
@@ -190,3 +195,37 @@ class RedisCache:
                 type(error).__name__,
                 error,
             )
+
+
+class TaskStateCache:
+    """Task states by model version and support digest, over one byte store."""
+
+    def __init__(self, store: ByteStore, *, prefix: str = DEFAULT_PREFIX) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    @property
+    def kind(self) -> str:
+        return self.store.kind
+
+    def get(self, *, model_version: str, digest: str, device: torch.device) -> TaskState | None:
+        """The cached state on `device`, or None (absent, expired, store down or malformed)."""
+        key = cache_key(model_version=model_version, digest=digest, prefix=self.prefix)
+        payload = self.store.get(key)
+        if payload is None:
+            return None
+        try:
+            return unpack_state(payload, device=device)
+        except ValueError as error:
+            logger.warning("ignoring a malformed cache entry %s: %s", key, error)
+            return None
+
+    def put(self, *, model_version: str, digest: str, state: TaskState) -> None:
+        key = cache_key(model_version=model_version, digest=digest, prefix=self.prefix)
+        self.store.set(key, pack_state(state))
+
+    def status(self) -> str:
+        return self.store.status()
+
+    def close(self) -> None:
+        self.store.close()

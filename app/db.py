@@ -1,12 +1,13 @@
 """SQL plumbing: the engine and session factory built from DATABASE_URL, and Alembic upgrades.
 
 SQLite (the embedded default) and Postgres (`postgresql+psycopg://`) are supported. Nothing is
-built at import time; the lifespan calls `make_engine(settings.database_url)`.
+built at import time; the lifespan calls `open_database(settings.database_url)`.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -20,6 +21,8 @@ logger = logging.getLogger(__name__)
 # Docker image) does not package it, so the image copies it into the working directory.
 MIGRATIONS_DIRS = (Path(__file__).resolve().parent.parent / "migrations", Path("migrations"))
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
+
+SessionFactory = sessionmaker[Session]
 
 
 def normalise_url(database_url: str) -> str:
@@ -45,8 +48,37 @@ def make_engine(database_url: str) -> Engine:
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, future=True)
 
 
-def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+def make_session_factory(engine: Engine) -> SessionFactory:
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True)
+class Database:
+    """The service's database: one engine and its session factory."""
+
+    engine: Engine
+    sessions: SessionFactory
+
+    def status(self) -> str:
+        """'ok' or 'down: <reason>' (pings the database; bounded by the connect timeout)."""
+        return database_status(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_database(database_url: str, *, migrate: bool) -> Database:
+    """Engine and sessions for `database_url`, after `alembic upgrade head` when `migrate`.
+
+    Never raises for a database that is down: a failed migration is logged and the service
+    starts without it (writes are then counted as failed by their owners)."""
+    engine = make_engine(database_url)
+    if migrate:
+        try:
+            run_migrations(database_url)
+        except Exception as error:  # a down DB must not stop the service from starting
+            logger.error("migrations failed at start (continuing without): %s", error)
+    return Database(engine=engine, sessions=make_session_factory(engine))
 
 
 def migrations_dir() -> Path:
@@ -73,12 +105,18 @@ def run_migrations(database_url: str) -> None:
     logger.info("database migrated to head")
 
 
+def first_line(error: BaseException, *, limit: int = 200) -> str:
+    """A database error in one short line for logs and status fields (a driver's message can
+    run to pages); its type's name when the message is empty."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 def database_status(engine: Engine) -> str:
     """'ok', or 'down: <reason>' (one line) for /health."""
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except Exception as error:  # any driver error means "down" here; /health must answer
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return f"down: {reason[:200]}"
+        return f"down: {first_line(error)}"
     return "ok"

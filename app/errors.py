@@ -4,8 +4,12 @@
     ├── InvalidRequestError      422  input that parses but makes no sense for the model
     │   ├── UnknownItemsError    422  item ids not in the served catalog (named in the detail)
     │   └── RatingRangeError     422  ratings outside the model's label range
+    ├── InvalidVersionError      400  a version "name" that is a path, a URL or leaves MODELS_DIR
+    ├── UnauthorizedError        401  an admin call without the right bearer token (challenge)
     ├── NotFoundError            404  an item (or other resource) that does not exist
+    │   └── UnknownVersionError  404  no run directory of that name under MODELS_DIR
     ├── PayloadTooLargeError     413  a request body over MAX_BODY_BYTES
+    ├── ModelRefusedError        422  a checkpoint that failed verification (old model serves on)
     └── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
 
 Malformed JSON and wrong types stay FastAPI's own 422 (`RequestValidationError`).
@@ -51,12 +55,35 @@ class RatingRangeError(InvalidRequestError):
     pass
 
 
+class InvalidVersionError(ServingError):
+    status_code = 400
+
+
+class UnauthorizedError(ServingError):
+    status_code = 401
+
+    def __init__(self, detail: str, *, challenge: str = "Bearer") -> None:
+        super().__init__(detail)
+        self.challenge = challenge
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": self.challenge}
+
+
 class NotFoundError(ServingError):
     status_code = 404
 
 
+class UnknownVersionError(NotFoundError):
+    pass
+
+
 class PayloadTooLargeError(ServingError):
     status_code = 413
+
+
+class ModelRefusedError(ServingError):
+    status_code = 422
 
 
 class ModelUnavailableError(ServingError):

@@ -1,129 +1,113 @@
-"""The model holder: one atomically swapped reference to the serving model.
+"""The serving model and the one atomically swapped reference to it.
 
-Versions are run directories directly under MODELS_DIR; a version name is never a path or a
-URL. A request reads `holder.current` once and keeps that object, so in-flight requests finish
-on the model they started with while `load` swaps in a new one. A failed load leaves the
-current model serving.
+`ServingModel.load` builds everything the service reads from one verified run directory, once
+per load (never per request): the scorer, the config, item ids and their index, names, URLs,
+popularity and its ranking, and the casefolded search keys. `ModelHolder.current` is read once
+per request, so in-flight requests finish on the model they started with while a new one is
+swapped in. Knows nothing about version names, SQL or HTTP.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from tanp.checkpoint import MANIFEST_FILE, CheckpointError, LoadedModel, build_model
-from tanp.scoring import popularity_ranking
-
-logger = logging.getLogger(__name__)
-
-VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+from tanp.checkpoint import build_model
+from tanp.model import TaNPConfig
+from tanp.scoring import Scorer, popularity_ranking
 
 
-class VersionError(ValueError):
-    """A version name that is not a run directory under MODELS_DIR."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ServingModel:
-    """A loaded model plus the lookups the service needs, computed once at load."""
+    """One loaded model version and every lookup the service needs, computed at load."""
 
-    loaded: LoadedModel
+    version: str  # the run directory's name under MODELS_DIR: cache keys, registry, answers
+    run_dir: Path
+    manifest: dict[str, Any]
+    scorer: Scorer
+    config: TaNPConfig
+    device: str
+    items: list[str]  # external item ids, in model index order
     index_of: dict[str, int]
-    popularity_order: np.ndarray
+    names: list[str | None]
+    urls: list[str | None]
+    popularity: np.ndarray  # (N,) float64, positive counts among train users
+    top_popularity: float  # the largest count, 1.0 when every count is 0
+    popularity_order: np.ndarray  # (N,) item indices, most popular first
+    search_names: list[str]  # casefolded names ("" when unnamed)
+    search_ids: list[str]  # casefolded item ids
 
-    @property
-    def version(self) -> str:
-        """The version name: the run directory's name under MODELS_DIR."""
-        return self.loaded.run_dir.name
-
-    @property
-    def items(self) -> list[str]:
-        return self.loaded.items
-
-    def name_of(self, index: int) -> str | None:
-        names = self.loaded.item_names
-        return names[index] if names is not None else None
-
-
-def resolve_version(models_dir: Path, version: str) -> Path:
-    """The run directory of `version`, refusing anything that could leave MODELS_DIR."""
-    if not VERSION_PATTERN.fullmatch(version) or version in (".", ".."):
-        raise VersionError(
-            f"invalid version name {version!r}: letters, digits, '.', '_' and '-' only"
+    @classmethod
+    def load(cls, run_dir: Path, *, device: str) -> ServingModel:
+        """Verify and load `run_dir` (raises CheckpointError), then build the lookups."""
+        loaded = build_model(run_dir, device)
+        model = loaded.model
+        items = loaded.items
+        names: list[str | None] = (
+            list(loaded.item_names) if loaded.item_names is not None else [None] * len(items)
         )
-    root = models_dir.resolve()
-    candidate = models_dir / version
-    if candidate.is_symlink() or not candidate.resolve().is_relative_to(root):
-        raise VersionError(f"version {version!r} leaves MODELS_DIR")
-    if not (candidate / MANIFEST_FILE).is_file():
-        raise VersionError(f"no run directory named {version!r} under MODELS_DIR")
-    return candidate
+        urls: list[str | None] = (
+            [url or None for url in loaded.item_urls]
+            if loaded.item_urls is not None
+            else [None] * len(items)
+        )
+        popularity = model.item_popularity.detach().to("cpu", torch.float64).numpy()
+        top = float(popularity.max()) if popularity.size else 0.0
+        return cls(
+            version=run_dir.name,
+            run_dir=run_dir,
+            manifest=loaded.manifest,
+            scorer=loaded.scorer,
+            config=model.config,
+            device=str(loaded.device),
+            items=items,
+            index_of={item: index for index, item in enumerate(items)},
+            names=names,
+            urls=urls,
+            popularity=popularity,
+            top_popularity=top or 1.0,
+            popularity_order=popularity_ranking(model),
+            search_names=[(name or "").casefold() for name in names],
+            search_ids=[item.casefold() for item in items],
+        )
 
-
-def list_versions(models_dir: Path) -> list[str]:
-    """Run directories under MODELS_DIR, oldest first by manifest modification time."""
-    if not models_dir.is_dir():
-        return []
-    runs = [
-        path
-        for path in models_dir.iterdir()
-        if path.is_dir()
-        and not path.is_symlink()
-        and VERSION_PATTERN.fullmatch(path.name)
-        and (path / MANIFEST_FILE).is_file()
-    ]
-    runs.sort(key=lambda path: ((path / MANIFEST_FILE).stat().st_mtime, path.name))
-    return [path.name for path in runs]
-
-
-def prepare(loaded: LoadedModel) -> ServingModel:
-    """Lookups computed once per model version (never per request)."""
-    return ServingModel(
-        loaded=loaded,
-        index_of={item: index for index, item in enumerate(loaded.items)},
-        popularity_order=popularity_ranking(loaded.model),
-    )
+    def search(self, query: str, *, limit: int) -> list[int]:
+        """Item indices whose name contains `query` (casefolded), then those whose id does,
+        most popular first; an empty query lists the most popular items."""
+        needle = query.strip().casefold()
+        if not needle:
+            return [int(index) for index in self.popularity_order[:limit]]
+        name_hits: list[int] = []
+        id_hits: list[int] = []
+        for index in self.popularity_order.tolist():
+            if needle in self.search_names[index]:
+                name_hits.append(index)
+            elif needle in self.search_ids[index]:
+                id_hits.append(index)
+            if len(name_hits) >= limit:
+                break
+        return (name_hits + id_hits)[:limit]
 
 
 class ModelHolder:
-    """Owns the current ServingModel; `load` builds the next one beside it, then swaps."""
+    """The reference to the ServingModel this worker answers with; None until one is loaded."""
 
-    def __init__(self, *, models_dir: Path, device: str) -> None:
-        self.models_dir = models_dir
-        self.device = device
+    def __init__(self) -> None:
         self._current: ServingModel | None = None
-        self._load_lock = threading.Lock()
-        self.last_error: str | None = None
 
     @property
     def current(self) -> ServingModel | None:
         return self._current
 
-    def load(self, version: str) -> ServingModel:
-        """Resolve, verify (sha256, format, shapes, probe), then swap; raises on failure."""
-        run_dir = resolve_version(self.models_dir, version)
-        with self._load_lock:
-            try:
-                loaded = build_model(run_dir, self.device)
-            except CheckpointError as error:
-                self.last_error = str(error)
-                logger.error("model load failed, keeping %s: %s", self._version(), error)
-                raise
-            serving = prepare(loaded)
-            self._current = serving
-            self.last_error = None
-        logger.info("serving model %s on %s", serving.version, loaded.device)
-        return serving
+    def swap(self, serving: ServingModel) -> ServingModel | None:
+        """Serve `serving` from now on; returns the model it replaced."""
+        previous, self._current = self._current, serving
+        return previous
 
     def clear(self) -> None:
-        """Stop serving (tests and shutdown): readiness turns false."""
+        """Stop serving (tests): readiness turns false."""
         self._current = None
-
-    def _version(self) -> str | None:
-        current = self._current
-        return current.version if current is not None else None

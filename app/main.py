@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app(settings)` and the lifespan that owns its resources.
 
-The lifespan loads the startup model off the event loop, opens the task-embedding cache (Redis
-or in-process) and closes it at shutdown. A missing or broken model does not stop the app: it
-starts, `/livez` answers, `/readyz` and `/v1/recommend` say 503 with the reason.
+The lifespan builds one `ServiceState` off the event loop (cache, database, request-log writer,
+model holder and lifecycle, recommender), starts the startup model and the model threads, and
+closes everything at shutdown. A missing or broken model does not stop the app: it starts,
+`/livez` answers, `/readyz` and `/v1/recommend` say 503 with the reason.
 """
 
 from __future__ import annotations
@@ -18,121 +19,109 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from app.broadcast import ModelSync
-from app.cache import MemoryCache, RedisCache, TaskStateCache
+from app.api.routes import admin, health, items, recommend
+from app.broadcast import ModelBroadcast, worker_id
+from app.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.db import open_database
 from app.errors import install_error_handlers
-from app.holder import ModelHolder, VersionError, list_versions
+from app.holder import ModelHolder, ServingModel
 from app.middleware import ServiceMiddleware
-from app.registry import Persistence, open_persistence, record_startup_model
-from app.request_log import NullRequestLog
-from app.routers import admin, health, items, recommend
+from app.models_service import ModelService
+from app.recommender import Recommender
+from app.request_log import SqlRequestLog
 from app.settings import Settings
+from app.state import ServiceState
 from app.telemetry import Metrics
-from tanp.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
-def choose_startup_version(settings: Settings, *, registry_active: str | None = None) -> str | None:
-    """ACTIVE_MODEL when set, else the registry's active version when it is still on disk,
-    else the newest run directory under MODELS_DIR, else None."""
-    if settings.active_model:
-        return settings.active_model
-    versions = list_versions(settings.models_dir)
-    if registry_active is not None and registry_active in versions:
-        return registry_active
-    return versions[-1] if versions else None
-
-
 def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
+    store: ByteStore
     if settings.redis_url:
-        return RedisCache(
+        store = RedisCache(
             url=settings.redis_url,
             ttl_seconds=settings.cache_ttl_seconds,
             timeout_seconds=settings.redis_timeout_seconds,
             on_error=metrics.cache_errors.inc,
         )
-    return MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
+    else:
+        store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
+    return TaskStateCache(store)
 
 
-def load_startup_model(app: FastAPI) -> None:
-    """Blocking: load the startup version into the holder, or record why not."""
-    settings: Settings = app.state.settings
-    holder: ModelHolder = app.state.holder
-    persistence: Persistence | None = app.state.persistence
-    version = choose_startup_version(
-        settings, registry_active=persistence.active if persistence is not None else None
-    )
-    if version is None:
-        app.state.startup_error = f"no run directory under MODELS_DIR={settings.models_dir}"
-        logger.warning("starting without a model: %s", app.state.startup_error)
-        return
-    try:
-        holder.load(version)
-    except (CheckpointError, VersionError, OSError) as error:
-        app.state.startup_error = f"loading {version!r} failed: {error}"
-        logger.error("starting without a model: %s", app.state.startup_error)
-        return
-    app.state.startup_error = None
+def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
+    """Blocking, never raises for a down database or Redis: builds and wires every part,
+    loads the startup model and starts the model threads."""
+    cache = build_cache(settings, metrics)
+    database = open_database(settings.database_url, migrate=settings.migrate_on_start)
+    request_log = SqlRequestLog(database.sessions, on_failure=metrics.request_log_failures.inc)
+    worker = worker_id()
+    holder = ModelHolder()
 
+    def on_swap(serving: ServingModel) -> None:
+        metrics.set_model(serving.version, serving.device)
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    metrics: Metrics = app.state.metrics
-    app.state.cache = build_cache(settings, metrics)
-    persistence = await anyio.to_thread.run_sync(
-        lambda: open_persistence(settings, on_log_failure=metrics.request_log_failures.inc)
-    )
-    app.state.persistence = persistence
-    app.state.session_factory = persistence.session_factory
-    app.state.db_engine = persistence.engine
-    app.state.db_status = persistence.status
-    app.state.request_log = persistence.request_log
-    await anyio.to_thread.run_sync(load_startup_model, app)
-    serving = app.state.holder.current
-    if serving is not None:
-        metrics.set_model(serving.version, str(serving.loaded.device))
-        await anyio.to_thread.run_sync(record_startup_model, persistence, serving)
-    sync = ModelSync(
-        holder=app.state.holder,
-        session_factory=persistence.session_factory,
-        redis_url=settings.redis_url,
+    models = ModelService(
+        holder=holder,
+        models_dir=settings.models_dir,
+        device=settings.device,
+        sessions=database.sessions,
+        broadcast=(
+            ModelBroadcast(
+                redis_url=settings.redis_url,
+                worker=worker,
+                reconcile_seconds=settings.reconcile_seconds,
+                key_prefix=settings.broadcast_prefix,
+            )
+            if settings.redis_url
+            else None
+        ),
+        worker=worker,
         reconcile_seconds=settings.reconcile_seconds,
-        key_prefix=settings.broadcast_prefix,
-        on_loaded=lambda loaded: metrics.set_model(loaded.version, str(loaded.loaded.device)),
-        catalog_urls=persistence.catalog_urls,
+        on_swap=on_swap,
     )
-    sync.start()
-    app.state.model_sync = sync
-    try:
-        yield
-    finally:
-        await anyio.to_thread.run_sync(sync.stop)
-        await anyio.to_thread.run_sync(persistence.close)
-        app.state.cache.close()
+    models.start(pinned=settings.active_model)
+    models.run_background()
+    return ServiceState(
+        settings=settings,
+        metrics=metrics,
+        holder=holder,
+        models=models,
+        cache=cache,
+        database=database,
+        request_log=request_log,
+        recommender=Recommender(
+            cache=cache,
+            metrics=metrics,
+            request_log=request_log,
+            max_support=settings.max_support,
+        ),
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """A new app with its own holder, metrics registry and (at startup) cache."""
+    """A new app with its own metrics registry; everything else is built by its lifespan."""
     logging.getLogger("app").setLevel(settings.log_level.upper())
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await anyio.to_thread.run_sync(open_state, settings, metrics)
+        app.state.service = state
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(state.close)
+
     app = FastAPI(
         title="tanp-rec",
         summary="Cold-start artist recommendations from a handful of ratings (TaNP).",
         version="1",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.holder = ModelHolder(models_dir=settings.models_dir, device=settings.device)
-    app.state.request_log = NullRequestLog()
-    app.state.persistence = None
-    app.state.session_factory = None
-    app.state.model_sync = None
-    app.state.startup_error = "model still loading"
-    app.state.db_status = "unknown"
     install_error_handlers(app)
     app.include_router(recommend.router)
     app.include_router(items.router)
@@ -147,9 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
             expose_headers=["X-Request-ID"],
         )
     # Added last so it runs outermost: ids and size limits apply to CORS replies too.
-    app.add_middleware(
-        ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics
-    )
+    app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     if STATIC_DIR.is_dir():
         # Mounted after every API route so "/" never shadows them.
         app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")

@@ -1,13 +1,14 @@
-"""Request and response bodies of the public API (SPEC section 6), with OpenAPI examples.
+"""Request and response bodies of the public and admin API (SPEC section 6), with examples.
 
 Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
-the label range, the catalog) are checked by the route and raise `app.errors` exceptions.
+the label range, the catalog) are checked by `app.recommender` and raise `app.errors` exceptions.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.config import JsonDict
@@ -141,3 +142,50 @@ class HealthResponse(BaseModel):
     redis: Literal["ok", "down", "disabled"]
     cache: str
     workers: list[WorkerStatus] = Field(default_factory=list)
+
+
+class ReloadRequest(BaseModel):
+    """Exactly one of `version` (a run directory name under MODELS_DIR) or `latest: true`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"version": "lastfm-2025-11-29"}, {"latest": True}]},
+    )
+
+    version: str | None = Field(default=None, max_length=256)
+    latest: bool = False
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ReloadRequest:
+        if (self.version is None) == (not self.latest):
+            raise ValueError('give exactly one of {"version": "..."} or {"latest": true}')
+        return self
+
+
+class VersionInfo(BaseModel):
+    """One version as the registry and the disk know it."""
+
+    name: str
+    status: str = Field(description="The registry's status; 'unregistered' when only on disk.")
+    serving: bool = Field(description="Served by the worker that answered.")
+    on_disk: bool
+    sha256: str | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    message: str | None = None
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
+
+
+class ModelsResponse(BaseModel):
+    serving: str | None
+    registry: str = Field(description="'ok', or why the SQL registry could not be read")
+    versions: list[VersionInfo]
+    workers: list[dict[str, Any]]
+
+
+class ActivateResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    version: str
+    previous: str | None
+    device: str

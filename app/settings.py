@@ -29,7 +29,6 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     migrate_on_start: bool = False
-    data_dir: Path | None = Field(default=None, alias="TANP_DATA_DIR")
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     reconcile_seconds: float = Field(default=5.0, gt=0)
     # Prefix of the model-broadcast keys and channel (`tanp:models`, `tanp:active_model`,

@@ -39,10 +39,10 @@ class LoadedModel:
     model: TaNP
     scorer: Scorer
     manifest: dict[str, Any]
-    version: str
     run_dir: Path
     items: list[str]
     item_names: list[str] | None
+    item_urls: list[str] | None
 
     @property
     def device(self) -> torch.device:
@@ -94,13 +94,21 @@ def save_checkpoint(
     items: list[str],
     version: str,
     item_names: list[str] | None = None,
+    item_urls: list[str] | None = None,
     train_config: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write weights and manifest into run_dir; returns the manifest."""
-    if len(items) != model.config.num_items:
-        raise ValueError(f"{len(items)} item ids for a model with {model.config.num_items} items")
+    """Write weights and manifest into run_dir; returns the manifest.
+
+    `item_names` and `item_urls` (one web page per item, "" where unknown) are optional and in
+    the order of `items`; an absent list is stored as null.
+    """
+    for what, values in (("item ids", items), ("item urls", item_urls)):
+        if values is not None and len(values) != model.config.num_items:
+            raise ValueError(
+                f"{len(values)} {what} for a model with {model.config.num_items} items"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     weights_path = run_dir / WEIGHTS_FILE
     state = {
@@ -116,6 +124,7 @@ def save_checkpoint(
         "data": data or {},
         "items": list(items),
         "item_names": list(item_names) if item_names is not None else None,
+        "item_urls": list(item_urls) if item_urls is not None else None,
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": sha256_file(weights_path),
         "torch_version": torch.__version__,
@@ -218,8 +227,21 @@ def build_model(
         model=model,
         scorer=scorer,
         manifest=manifest,
-        version=str(manifest["version"]),
         run_dir=run_dir,
         items=items,
         item_names=[str(name) for name in names] if names else None,
+        item_urls=_item_urls(manifest, run_dir=run_dir, count=len(items)),
     )
+
+
+def _item_urls(manifest: dict[str, Any], *, run_dir: Path, count: int) -> list[str] | None:
+    """`item_urls` of the manifest: None when absent (older manifests) or null; "" for a null
+    entry; refused unless it is a list with one entry per item."""
+    urls = manifest.get("item_urls")
+    if urls is None:
+        return None
+    if not isinstance(urls, list) or len(urls) != count:
+        raise CheckpointError(
+            f"{run_dir / MANIFEST_FILE}: item_urls is not a list of {count} entries"
+        )
+    return ["" if url is None else str(url) for url in urls]

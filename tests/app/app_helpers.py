@@ -6,7 +6,9 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from fastapi import FastAPI
 
+from app.state import ServiceState
 from tanp.model import TaNP, TaNPConfig
 
 with warnings.catch_warnings():
@@ -27,6 +29,14 @@ def tiny_model(seed: int = 0) -> TaNP:
     return model
 
 
+def state_of(client: TestClient) -> ServiceState:
+    """The typed state the started app's lifespan built."""
+    app = client.app
+    assert isinstance(app, FastAPI)
+    state: ServiceState = app.state.service
+    return state
+
+
 AppFactory = Callable[..., TestClient]
 
-__all__ = ["ITEMS", "NAMES", "NUM_ITEMS", "AppFactory", "TestClient", "tiny_model"]
+__all__ = ["ITEMS", "NAMES", "NUM_ITEMS", "AppFactory", "TestClient", "state_of", "tiny_model"]

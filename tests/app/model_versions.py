@@ -7,9 +7,13 @@ from pathlib import Path
 
 from app_helpers import ITEMS, NAMES, tiny_model
 
-from app.db import make_engine, make_session_factory, run_migrations
-from app.registry import SessionFactory
+from app.db import SessionFactory, make_engine, make_session_factory, run_migrations
 from tanp.checkpoint import save_checkpoint
+
+# A web page for every other item; "" where the dataset has none.
+URLS = [
+    f"https://www.last.fm/music/{index}" if index % 2 == 0 else "" for index in range(len(ITEMS))
+]
 
 
 def save_version(root: Path, name: str, *, seed: int = 0) -> Path:
@@ -19,6 +23,7 @@ def save_version(root: Path, name: str, *, seed: int = 0) -> Path:
         model=tiny_model(seed),
         items=ITEMS,
         item_names=NAMES,
+        item_urls=URLS,
         version=name,
         metrics={"catalog": {"Recall@20": 0.5 + seed / 100}},
     )

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from app_helpers import AppFactory, TestClient
+from app_helpers import AppFactory, TestClient, state_of
 from model_versions import save_version, two_versions
 from safetensors.torch import save_file
 from sqlalchemy import select, text
 
+from app.crud import active_version, registered_versions
 from app.models_sql import AdminAudit
-from app.registry import SessionFactory, active_version, list_registered
 from tanp.checkpoint import WEIGHTS_FILE, read_manifest, sha256_file, write_manifest
 from tanp.model import TaNP, TaNPConfig
 
@@ -37,8 +37,7 @@ def admin(make_client: AppFactory, models: Path) -> TestClient:
 
 
 def audit_rows(client: TestClient) -> list[AdminAudit]:
-    sessions: SessionFactory = client.app.state.session_factory  # type: ignore[attr-defined]
-    with sessions() as session:
+    with state_of(client).database.sessions() as session:
         return list(session.scalars(select(AdminAudit).order_by(AdminAudit.id)))
 
 
@@ -125,7 +124,7 @@ def test_reload_and_activate_swap_the_served_model_and_the_registry(admin: TestC
     assert response.status_code == 200
     assert response.json() == {"version": "v1", "previous": "v2", "device": "cpu"}
     assert serving_version(admin) == "v1"
-    sessions: SessionFactory = admin.app.state.session_factory  # type: ignore[attr-defined]
+    sessions = state_of(admin).database.sessions
     assert active_version(sessions) == "v1"
 
     activated = admin.post("/admin/models/v2/activate", headers=AUTH)
@@ -236,9 +235,9 @@ def test_a_refused_checkpoint_leaves_the_old_model_serving(
     assert serving_version(admin) == "v2"
     assert admin.get("/readyz").status_code == 200
 
-    sessions: SessionFactory = admin.app.state.session_factory  # type: ignore[attr-defined]
+    sessions = state_of(admin).database.sessions
     assert active_version(sessions) == "v2"
-    record = {record.name: record for record in list_registered(sessions)}["bad"]
+    record = {record.name: record for record in registered_versions(sessions)}["bad"]
     assert record.status == "failed" and fragment in (record.message or "")
     row = audit_rows(admin)[-1]
     assert (row.action, row.target, row.status_code, row.allowed) == (
@@ -251,7 +250,7 @@ def test_a_refused_checkpoint_leaves_the_old_model_serving(
 
 
 def test_a_failing_audit_write_never_changes_the_answer(admin: TestClient) -> None:
-    engine = admin.app.state.db_engine  # type: ignore[attr-defined]
+    engine = state_of(admin).database.engine
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE admin_audit"))
     assert admin.get("/admin/models").status_code == 401

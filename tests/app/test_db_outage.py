@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from app_helpers import AppFactory, TestClient
+from app_helpers import AppFactory, TestClient, state_of
 from model_versions import save_version
 
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
@@ -156,7 +156,7 @@ def test_recommendations_survive_a_request_log_outage(
         migrate_on_start=True,
         reconcile_seconds=60,
     )
-    log = client.app.state.request_log  # type: ignore[attr-defined]
+    log = state_of(client).request_log
     assert client.get("/health").json()["db"] == "ok"
 
     before = {f"before-{index}" for index in range(5)}
@@ -209,5 +209,5 @@ def test_the_service_starts_and_serves_with_its_database_down(
     health = client.get("/health").json()
     assert (health["model_version"], health["status"]) == ("v1", "degraded")
     assert health["db"].startswith("down")
-    assert client.app.state.request_log.flush(timeout=10)  # type: ignore[attr-defined]
+    assert state_of(client).request_log.flush(timeout=10)
     assert failed_writes(client) == 1

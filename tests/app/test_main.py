@@ -1,26 +1,8 @@
-"""create_app: startup version choice, per-app metrics, CORS and the static mount order."""
+"""create_app: per-app metrics, CORS and the static mount order."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
-from pathlib import Path
-
 from app_helpers import AppFactory, TestClient
-
-from app.main import choose_startup_version
-from app.settings import Settings
-
-
-def test_startup_version_prefers_active_model(models_dir: Path, tmp_path: Path) -> None:
-    for name in ("old", "new"):
-        shutil.copytree(models_dir / "v1", tmp_path / name)
-    past = time.time() - 100
-    os.utime(tmp_path / "old" / "manifest.json", (past, past))
-    assert choose_startup_version(Settings(models_dir=tmp_path, active_model=None)) == "new"
-    assert choose_startup_version(Settings(models_dir=tmp_path, active_model="old")) == "old"
-    assert choose_startup_version(Settings(models_dir=tmp_path / "none", active_model=None)) is None
 
 
 def test_apps_have_separate_metrics(make_client: AppFactory) -> None:

@@ -28,6 +28,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_play
 from app.api.deps import RETRY_AFTER_SECONDS
 from app.main import create_app
 from app.settings import Settings
+from app.state import ServiceState
 from tanp.checkpoint import save_checkpoint
 from tests.synthetic import write_interactions_csv
 from training.data import load_interactions
@@ -77,7 +78,7 @@ SETTLE_MS = 10_000
 
 @dataclass
 class LiveServer:
-    """The running app (its `state.holder` lets a test take the model away) and its URL."""
+    """The running app (its state's holder lets a test take the model away) and its URL."""
 
     app: FastAPI
     base_url: str
@@ -303,8 +304,8 @@ def test_onboarding_flow(browser: Browser, live_server: LiveServer, tmp_path: Pa
         print(f"screenshot (recommendations): {screenshot}")
 
         # The model goes away: the next change gets a 503, shown with its retry countdown.
-        holder = live_server.app.state.holder
-        holder.clear()
+        state: ServiceState = live_server.app.state.service
+        state.holder.clear()
         page.get_by_role("button", name="Remove Artist 04 Echo").click()
         message = page.locator("#rec-message")
         expect(message).to_be_visible()
@@ -318,7 +319,7 @@ def test_onboarding_flow(browser: Browser, live_server: LiveServer, tmp_path: Pa
         print(f"screenshot (503): {unavailable}")
 
         # The model comes back: the page retries by itself after Retry-After seconds.
-        holder.load(VERSION)
+        state.models.follow(VERSION)
         expect(message).to_be_hidden(timeout=RETRY_AFTER_SECONDS * 1000 + SETTLE_MS)
         settled(page)
         recovered = shown(page)
@@ -333,8 +334,8 @@ def test_onboarding_flow(browser: Browser, live_server: LiveServer, tmp_path: Pa
         assert not [text for text in log.console_errors if "Content Security Policy" in text]
     finally:
         context.close()
-        if live_server.app.state.holder.current is None:
-            live_server.app.state.holder.load(VERSION)
+        if live_server.app.state.service.holder.current is None:
+            live_server.app.state.service.models.follow(VERSION)
 
 
 def test_phone_width_nothing_overflows(

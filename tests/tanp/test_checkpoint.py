@@ -113,6 +113,36 @@ def test_save_refuses_mismatched_item_list(tmp_path: Path) -> None:
         )
 
 
+def test_item_urls_round_trip_and_older_manifests_have_none(tmp_path: Path) -> None:
+    model = TaNP(TaNPConfig(num_items=3))
+    urls = ["http://www.last.fm/music/a", "", "http://www.last.fm/music/c"]
+    manifest = save_checkpoint(
+        tmp_path / "new", model=model, items=["a", "b", "c"], version="new", item_urls=urls
+    )
+    assert manifest["item_urls"] == urls
+    assert build_model(tmp_path / "new").item_urls == urls
+
+    save_checkpoint(tmp_path / "old", model=model, items=["a", "b", "c"], version="old")
+    assert json.loads((tmp_path / "old" / "manifest.json").read_text())["item_urls"] is None
+    older = json.loads((tmp_path / "old" / "manifest.json").read_text())
+    del older["item_urls"]  # manifests written before the field existed
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(older))
+    assert build_model(tmp_path / "old").item_urls is None
+
+
+def test_item_urls_of_the_wrong_length_are_refused(tmp_path: Path) -> None:
+    model = TaNP(TaNPConfig(num_items=3))
+    with pytest.raises(ValueError, match="item urls"):
+        save_checkpoint(tmp_path / "x", model=model, items=["a", "b", "c"], version="x",
+                        item_urls=["u"])  # fmt: skip
+    save_checkpoint(tmp_path / "y", model=model, items=["a", "b", "c"], version="y")
+    manifest = json.loads((tmp_path / "y" / "manifest.json").read_text())
+    manifest["item_urls"] = ["u"]
+    (tmp_path / "y" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="item_urls is not a list of 3 entries"):
+        build_model(tmp_path / "y")
+
+
 @pytest.mark.gpu
 def test_cuda_scores_match_cpu(trained_run: Path) -> None:
     if not torch.cuda.is_available():

@@ -1,0 +1,38 @@
+"""The typed application state: every long-lived object of one app, built by its lifespan.
+
+`app.state.service` holds one `ServiceState`; routes reach its parts through the dependencies
+in `app.api.deps`, never by attribute name on `app.state`. Knows nothing about how the parts
+are built (that is `app.main`'s lifespan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.cache import TaskStateCache
+from app.db import Database
+from app.holder import ModelHolder
+from app.models_service import ModelService
+from app.recommender import Recommender
+from app.request_log import SqlRequestLog
+from app.settings import Settings
+from app.telemetry import Metrics
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    settings: Settings
+    metrics: Metrics
+    holder: ModelHolder  # the model this worker serves (read once per request)
+    models: ModelService  # start / activate / follow, registry and worker views
+    cache: TaskStateCache
+    database: Database
+    request_log: SqlRequestLog
+    recommender: Recommender
+
+    def close(self) -> None:
+        """Blocking: stop the model threads, flush the request log, close DB and cache."""
+        self.models.stop()
+        self.request_log.close()
+        self.database.close()
+        self.cache.close()

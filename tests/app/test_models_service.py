@@ -1,0 +1,206 @@
+"""ModelService without the network: start, activate and follow through the SQL registry; a
+missed announcement is repaired by the reconcile; refused versions leave the old model serving
+and are not retried forever."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from app_helpers import ITEMS, NAMES
+from model_versions import URLS, migrated_sqlite, save_version, two_versions
+
+from app.crud import active_version, catalog_rows, mark_active, registered_versions
+from app.db import SessionFactory
+from app.errors import ModelRefusedError, UnknownVersionError
+from app.holder import ModelHolder, ServingModel
+from app.models_service import ModelService, choose_startup_version
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    return two_versions(tmp_path / "models")
+
+
+@pytest.fixture
+def sessions(tmp_path: Path) -> SessionFactory:
+    return migrated_sqlite(tmp_path / "sync.db")[1]
+
+
+def make_service(models: Path, sessions: SessionFactory | None, swapped: list[str]) -> ModelService:
+    def on_swap(serving: ServingModel) -> None:
+        swapped.append(serving.version)
+
+    return ModelService(
+        holder=ModelHolder(),
+        models_dir=models,
+        device="cpu",
+        sessions=sessions,
+        broadcast=None,
+        worker="test-host:1",
+        reconcile_seconds=60,
+        on_swap=on_swap,
+    )
+
+
+def serving_version(service: ModelService) -> str | None:
+    current = service.holder.current
+    return current.version if current is not None else None
+
+
+def break_manifest(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_startup_version_prefers_the_pin_then_the_registry_then_the_newest(models: Path) -> None:
+    assert choose_startup_version(models, pinned=None, registry_active=None) == "v2"
+    assert choose_startup_version(models, pinned="v1", registry_active="v2") == "v1"
+    assert choose_startup_version(models, pinned=None, registry_active="v1") == "v1"
+    # A registry's active version that left the disk is skipped.
+    assert choose_startup_version(models, pinned=None, registry_active="gone") == "v2"
+    assert choose_startup_version(models / "none", pinned=None, registry_active=None) is None
+
+
+def test_start_registers_every_run_dir_serves_the_newest_and_fills_the_catalog(
+    models: Path, sessions: SessionFactory
+) -> None:
+    save_version(models, "v3", seed=3)
+    break_manifest(models / "v3")
+    past = os.stat(models / "v1" / "manifest.json").st_mtime - 100
+    os.utime(models / "v3" / "manifest.json", (past, past))  # the oldest: not the one served
+    swapped: list[str] = []
+    service = make_service(models, sessions, swapped)
+    service.start(pinned=None)
+
+    assert serving_version(service) == "v2" and swapped == ["v2"]
+    records = {record.name: record for record in registered_versions(sessions)}
+    assert {name: record.status for name, record in records.items()} == {
+        "v1": "available",
+        "v2": "active",
+        "v3": "failed",
+    }
+    assert "format_version 99" in (records["v3"].message or "")
+    catalog = {row.item_id: row for row in catalog_rows(sessions)}
+    assert len(catalog) == len(ITEMS)
+    # Names and URLs come from the checkpoint's manifest, never from dataset files.
+    assert (catalog["a0"].name, catalog["a0"].url, catalog["a0"].popularity) == (
+        NAMES[0],
+        URLS[0],
+        40.0,
+    )
+    assert catalog["a1"].url is None  # "" in the manifest: no page known
+    assert service.unavailable_reason() == "no model loaded"
+
+
+def test_start_serves_the_registry_active_version_after_a_restart(
+    models: Path, sessions: SessionFactory
+) -> None:
+    make_service(models, sessions, []).activate("v1")
+    restarted = make_service(models, sessions, [])
+    restarted.start(pinned=None)
+    assert serving_version(restarted) == "v1"
+
+
+@pytest.mark.parametrize(
+    ("pinned", "reason"),
+    [
+        (None, "no run directory under MODELS_DIR"),
+        ("v9", "loading 'v9' failed: no run directory named 'v9' under MODELS_DIR"),
+    ],
+)
+def test_start_without_a_loadable_version_stays_unready_and_says_why(
+    tmp_path: Path, sessions: SessionFactory, pinned: str | None, reason: str
+) -> None:
+    service = make_service(tmp_path / "empty", sessions, [])
+    service.start(pinned=pinned)
+    assert service.holder.current is None
+    assert service.unavailable_reason().startswith("no model loaded: ")
+    assert reason in service.unavailable_reason()
+
+
+def test_activate_loads_records_swaps_and_reports(models: Path, sessions: SessionFactory) -> None:
+    swapped: list[str] = []
+    service = make_service(models, sessions, swapped)
+    service.start(pinned="v2")
+    activation = service.activate("v1")
+
+    assert (activation.version, activation.previous, activation.device) == ("v1", "v2", "cpu")
+    assert serving_version(service) == "v1" and swapped == ["v2", "v1"]
+    assert active_version(sessions) == "v1"
+    assert [(worker["pid"], worker["version"]) for worker in service.workers()] == [
+        (os.getpid(), "v1")
+    ]
+    with pytest.raises(UnknownVersionError):
+        service.activate("v9")
+    assert serving_version(service) == "v1"
+
+
+def test_a_refused_version_leaves_the_old_model_serving(
+    models: Path, sessions: SessionFactory
+) -> None:
+    service = make_service(models, sessions, [])
+    service.start(pinned="v2")
+    shutil.copytree(models / "v1", models / "bad")
+    break_manifest(models / "bad")
+
+    with pytest.raises(
+        ModelRefusedError, match=r"'bad' refused, still serving 'v2': .*format_version"
+    ):
+        service.activate("bad")
+    assert serving_version(service) == "v2"
+    assert active_version(sessions) == "v2"
+    assert {record.name: record.status for record in registered_versions(sessions)}["bad"] == (
+        "failed"
+    )
+    assert service.last_error is not None and "format_version" in service.last_error
+
+
+def test_reconcile_follows_the_registry_after_a_missed_announcement(
+    models: Path, sessions: SessionFactory
+) -> None:
+    leader = make_service(models, sessions, [])
+    follower_swapped: list[str] = []
+    follower = make_service(models, sessions, follower_swapped)
+    follower.follow("v1")
+    leader.activate("v2")  # no Redis: the follower never hears about it
+
+    assert serving_version(follower) == "v1"
+    follower.reconcile()
+    assert serving_version(follower) == "v2"
+    assert follower_swapped == ["v1", "v2"]
+    assert follower.last_reconcile is not None and follower.last_reconcile <= time.time()
+    follower.reconcile()  # already there: nothing reloaded
+    assert follower_swapped == ["v1", "v2"]
+
+
+def test_a_broken_active_version_is_tried_once_and_the_old_model_keeps_serving(
+    models: Path, sessions: SessionFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    swapped: list[str] = []
+    follower = make_service(models, sessions, swapped)
+    follower.follow("v1")
+    mark_active(sessions, name="v2", path=models / "v2", manifest={})
+    break_manifest(models / "v2")
+
+    with caplog.at_level(logging.ERROR, logger="app.models_service"):
+        follower.reconcile()
+        follower.reconcile()
+    failures = [r for r in caplog.records if "could not follow" in r.message]
+    assert len(failures) == 1 and "could not follow active version v2" in failures[0].message
+    assert serving_version(follower) == "v1" and swapped == ["v1"]
+    assert follower.last_error is not None and "format_version" in follower.last_error
+
+
+def test_without_a_database_or_redis_there_is_no_desired_version(models: Path) -> None:
+    service = make_service(models, None, [])
+    assert service.desired_version() is None
+    service.reconcile()  # nothing to follow, nothing raised
+    assert service.holder.current is None
+    assert service.overview().registry == "disabled"

@@ -1,0 +1,214 @@
+"""`app.recommender` without HTTP: ranking, exclusions, candidates, the popularity fallback,
+uncertainty, the task-state cache, every refusal, and the per-app counting and request log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from app_helpers import ITEMS, NAMES, tiny_model
+
+from app.cache import MemoryCache, TaskStateCache, cache_key, support_digest
+from app.errors import InvalidRequestError, RatingRangeError, UnknownItemsError
+from app.holder import ServingModel
+from app.recommender import Recommendation, Recommender, recommend
+from app.request_log import RequestLogEntry
+from app.schemas import RecommendRequest
+from app.telemetry import Metrics
+from tanp.scoring import Scorer, rank
+
+SUPPORT = [
+    {"item_id": "a3", "rating": 1},
+    {"item_id": "a7", "rating": 1},
+    {"item_id": "a20", "rating": 0},
+]
+
+
+@pytest.fixture(scope="module")
+def model(models_dir: Path) -> ServingModel:
+    return ServingModel.load(models_dir / "v1", device="cpu")
+
+
+@pytest.fixture
+def cache() -> TaskStateCache:
+    return TaskStateCache(MemoryCache(ttl_seconds=60))
+
+
+def ask(
+    model: ServingModel, cache: TaskStateCache, max_support: int = 100, **body: Any
+) -> Recommendation:
+    request = RecommendRequest.model_validate(body)
+    return recommend(model=model, cache=cache, request=request, max_support=max_support)
+
+
+def ids(answer: Recommendation) -> list[str]:
+    return [item.item_id for item in answer.items]
+
+
+def test_scores_and_ranking_equal_the_offline_scorer(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    answer = ask(model, cache, support=SUPPORT, k=10)
+    scorer = Scorer(tiny_model())
+    indices = [ITEMS.index(item["item_id"]) for item in SUPPORT]
+    scores = scorer.scores(scorer.encode_one(indices, [1.0, 1.0, 0.0]))[0].numpy()
+    expected = rank(scores, k=10, exclude=np.array(indices))
+    assert ids(answer) == [ITEMS[index] for index in expected]
+    np.testing.assert_allclose([item.score for item in answer.items], scores[expected], atol=1e-6)
+    assert [item.name for item in answer.items] == [NAMES[index] for index in expected]
+    assert (answer.model_version, answer.fallback, answer.support_size) == ("v1", None, 3)
+    assert all(item.uncertainty is None for item in answer.items)
+
+
+def test_support_and_exclude_never_returned(model: ServingModel, cache: TaskStateCache) -> None:
+    exclude = ["a0", "a1", "a2"]
+    returned = ids(ask(model, cache, support=SUPPORT, k=100, exclude=exclude))
+    assert len(returned) == len(ITEMS) - len(SUPPORT) - len(exclude)
+    assert not set(returned) & ({item["item_id"] for item in SUPPORT} | set(exclude))
+
+
+def test_candidates_restrict_the_ranking_with_the_full_catalog_scores(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    candidates = ["a5", "a9", "a3", "a30", "a11"]
+    answer = ask(model, cache, support=SUPPORT, k=10, candidates=candidates)
+    # a3 is in the support set, so it is dropped even though it is a candidate.
+    assert sorted(ids(answer)) == sorted(["a5", "a9", "a30", "a11"])
+    scores = [item.score for item in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    full = {item.item_id: item.score for item in ask(model, cache, support=SUPPORT, k=100).items}
+    for item in answer.items:
+        assert item.score == pytest.approx(full[item.item_id], abs=1e-6)
+    assert ask(model, cache, support=SUPPORT, candidates=[]).items == []
+
+
+def test_empty_support_falls_back_to_popularity(model: ServingModel, cache: TaskStateCache) -> None:
+    answer = ask(model, cache, support=[], k=4, exclude=["a1"], uncertainty_samples=4)
+    assert answer.fallback == "popularity" and answer.cached is False
+    assert ids(answer) == ["a0", "a2", "a3", "a4"]
+    # popularity counts are 40, 39, ...; scores are count / largest count
+    assert [item.score for item in answer.items] == pytest.approx([1.0, 38 / 40, 37 / 40, 36 / 40])
+    assert all(item.uncertainty is None for item in answer.items)
+    with_candidates = ask(model, cache, support=[], k=2, candidates=["a30", "a10", "a20"])
+    assert ids(with_candidates) == ["a10", "a20"]
+
+
+def test_uncertainty_is_positive_repeatable_and_leaves_the_scores_alone(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    first = ask(model, cache, support=SUPPORT, k=5, uncertainty_samples=8)
+    second = ask(model, TaskStateCache(MemoryCache(ttl_seconds=60)), support=SUPPORT, k=5,
+                 uncertainty_samples=8)  # fmt: skip
+    values = [item.uncertainty for item in first.items]
+    assert all(value is not None and value > 0 for value in values)
+    assert values == [item.uncertainty for item in second.items]
+    plain = ask(model, cache, support=SUPPORT, k=5)
+    assert [item.score for item in plain.items] == [item.score for item in first.items]
+
+
+def test_the_second_identical_support_set_comes_from_the_cache(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    first = ask(model, cache, support=SUPPORT, k=10)
+    reordered = [SUPPORT[2], SUPPORT[0], {"item_id": "a7", "rating": 1.0}]
+    second = ask(model, cache, support=reordered, k=10)
+    assert (first.cached, second.cached) == (False, True)
+    assert second.items == first.items
+    changed = ask(model, cache, support=[*SUPPORT[:2], {"item_id": "a20", "rating": 1}])
+    assert changed.cached is False
+
+
+def test_a_malformed_cache_entry_is_a_miss_and_is_replaced(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    pairs = [(str(item["item_id"]), float(str(item["rating"]))) for item in SUPPORT]
+    key = cache_key(model_version="v1", digest=support_digest(pairs))
+    cache.store.set(key, b"not a state")
+    first = ask(model, cache, support=SUPPORT)
+    assert first.cached is False
+    again = ask(model, cache, support=SUPPORT)
+    assert again.cached is True and again.items == first.items
+
+
+def test_unknown_ids_are_named_per_field(model: ServingModel, cache: TaskStateCache) -> None:
+    with pytest.raises(UnknownItemsError) as refused:
+        ask(model, cache, support=[{"item_id": "u1", "rating": 1}], exclude=["u2", "a1"],
+            candidates=["a2", "c9"])  # fmt: skip
+    assert refused.value.unknown_by_field == {
+        "support": ["u1"],
+        "exclude": ["u2"],
+        "candidates": ["c9"],
+    }
+    assert refused.value.status_code == 422
+    assert "support: 'u1'; exclude: 'u2'; candidates: 'c9'" in refused.value.detail
+
+
+def test_ratings_outside_the_label_range_are_refused(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    with pytest.raises(RatingRangeError, match=r"within \[0, 1\] for model v1.*'a1'"):
+        ask(model, cache, support=[{"item_id": "a1", "rating": 5}, {"item_id": "a2", "rating": 1}])
+
+
+def test_support_over_max_support_is_refused(model: ServingModel, cache: TaskStateCache) -> None:
+    with pytest.raises(InvalidRequestError, match="3 items; at most 2 allowed"):
+        ask(model, cache, max_support=2, support=SUPPORT)
+
+
+class RecordingLog:
+    def __init__(self) -> None:
+        self.entries: list[RequestLogEntry] = []
+
+    def record(self, entry: RequestLogEntry) -> None:
+        self.entries.append(entry)
+
+
+class BrokenLog:
+    def record(self, entry: RequestLogEntry) -> None:
+        raise RuntimeError("database is gone")
+
+
+def counter(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def test_recommender_counts_and_logs_each_answered_call(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    metrics, log = Metrics(), RecordingLog()
+    recommender = Recommender(cache=cache, metrics=metrics, request_log=log, max_support=100)
+    for request_id, body in [
+        ("r1", {"support": SUPPORT, "k": 7}),
+        ("r2", {"support": SUPPORT, "k": 7}),
+        ("r3", {"support": [], "k": 3}),
+    ]:
+        request = RecommendRequest.model_validate(body)
+        recommender.recommend(model=model, request=request, request_id=request_id)
+    with pytest.raises(UnknownItemsError):
+        request = RecommendRequest.model_validate({"support": [{"item_id": "x", "rating": 1}]})
+        recommender.recommend(model=model, request=request, request_id="r4")
+
+    assert [(e.request_id, e.support_size, e.k, e.cache_hit, e.fallback) for e in log.entries] == [
+        ("r1", 3, 7, False, None),
+        ("r2", 3, 7, True, None),
+        ("r3", 0, 3, False, "popularity"),
+    ]
+    assert all(entry.model_version == "v1" and entry.latency_ms > 0 for entry in log.entries)
+    assert counter(metrics, "tanp_cache_hits_total") == 1
+    assert counter(metrics, "tanp_cache_misses_total") == 1
+    assert counter(metrics, "tanp_inference_latency_seconds_count", path="model") == 2
+    assert counter(metrics, "tanp_inference_latency_seconds_count", path="popularity") == 1
+
+
+def test_a_broken_request_log_never_fails_a_recommendation(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    metrics = Metrics()
+    recommender = Recommender(cache=cache, metrics=metrics, request_log=BrokenLog(), max_support=9)
+    request = RecommendRequest.model_validate({"support": SUPPORT})
+    answer = recommender.recommend(model=model, request=request, request_id="r1")
+    assert len(answer.items) == 10
+    assert counter(metrics, "tanp_request_log_failures_total") == 1
