@@ -4,7 +4,9 @@
 announces it on the Redis channel `tanp:models`; every worker's subscriber thread loads an
 announced version that differs from its own. A reconcile thread repairs missed messages: every
 `reconcile_seconds` it reads the active version (SQL registry first, Redis key
-`tanp:active_model` when SQL is unavailable) and loads it when it differs. Each worker writes
+`tanp:active_model` when SQL is unavailable) and loads it when it differs; a worker that serves
+nothing while neither names a version activates ACTIVE_MODEL, else the newest run directory (the
+startup rule), so a model trained after start-up is served without a reload. Each worker writes
 its status into the Redis hash `tanp:workers` for /health. Without Redis only the reconcile runs.
 Every failure here is logged and survived; none reaches a recommendation.
 """
@@ -23,7 +25,7 @@ from typing import Any
 
 import redis
 
-from app.holder import ModelHolder, ServingModel
+from app.holder import ModelHolder, ServingModel, list_versions
 from app.registry import SessionFactory, active_version, load_catalog, mark_active
 from tanp.checkpoint import CheckpointError
 
@@ -52,8 +54,10 @@ class ModelSync:
         key_prefix: str = DEFAULT_PREFIX,
         on_loaded: Callable[[ServingModel], None] | None = None,
         catalog_urls: dict[str, str] | None = None,
+        pinned_version: str | None = None,
     ) -> None:
         self.holder = holder
+        self.pinned_version = pinned_version
         self.session_factory = session_factory
         self.reconcile_seconds = reconcile_seconds
         self.worker = worker_id()
@@ -172,10 +176,13 @@ class ModelSync:
             self.reconcile()
 
     def reconcile(self) -> None:
-        """Load the registry's active version when this worker serves another one."""
+        """Load the registry's active version when this worker serves another one; serving
+        nothing with no active version, activate the startup choice once it is on disk."""
         desired = self.desired_version()
         if desired is not None:
             self._follow(desired)
+        elif self.holder.current is None:
+            self._adopt_startup_choice()
         self.last_reconcile = time.time()
         self._write_status()
 
@@ -195,6 +202,19 @@ class ModelSync:
             if isinstance(value, bytes):
                 return value.decode()
         return None
+
+    def _adopt_startup_choice(self) -> None:
+        versions = list_versions(self.holder.models_dir)
+        version = self.pinned_version or (versions[-1] if versions else None)
+        if version is None or version not in versions or version == self._failed_version:
+            return
+        try:
+            self.activate(version)
+        except (CheckpointError, ValueError, OSError) as error:
+            self._failed_version = version
+            logger.error("could not load %s, found after start-up: %s", version, error)
+            return
+        logger.info("serving %s, found after start-up", version)
 
     def _follow(self, version: str) -> None:
         with self._lock:

@@ -104,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         key_prefix=settings.broadcast_prefix,
         on_loaded=lambda loaded: metrics.set_model(loaded.version, str(loaded.loaded.device)),
         catalog_urls=persistence.catalog_urls,
+        pinned_version=settings.active_model,
     )
     sync.start()
     app.state.model_sync = sync

@@ -26,7 +26,9 @@ def sessions(tmp_path: Path) -> SessionFactory:
     return migrated_sqlite(tmp_path / "sync.db")[1]
 
 
-def make_sync(models: Path, sessions: SessionFactory | None, loaded: list[str]) -> ModelSync:
+def make_sync(
+    models: Path, sessions: SessionFactory | None, loaded: list[str], *, pinned: str | None = None
+) -> ModelSync:
     def on_loaded(serving: ServingModel) -> None:
         loaded.append(serving.version)
 
@@ -36,6 +38,7 @@ def make_sync(models: Path, sessions: SessionFactory | None, loaded: list[str]) 
         redis_url=None,
         reconcile_seconds=60,
         on_loaded=on_loaded,
+        pinned_version=pinned,
     )
 
 
@@ -105,8 +108,39 @@ def test_announcements_from_itself_or_malformed_are_ignored(models: Path) -> Non
     assert loaded == ["v2"]
 
 
-def test_without_a_database_or_redis_there_is_no_desired_version(models: Path) -> None:
-    sync = make_sync(models, None, [])
+def test_without_a_database_or_redis_there_is_no_desired_version(tmp_path: Path) -> None:
+    sync = make_sync(tmp_path / "no-models-yet", None, [])
     assert sync.desired_version() is None
-    sync.reconcile()  # nothing to follow, nothing raised
+    sync.reconcile()  # nothing to follow, nothing on disk, nothing raised
     assert sync.holder.current is None
+
+
+def test_a_worker_serving_nothing_takes_a_model_trained_after_start_up(
+    tmp_path: Path, sessions: SessionFactory
+) -> None:
+    """Compose: `up` before the first `train` run must not leave /readyz at 503 until a reload."""
+    loaded: list[str] = []
+    sync = make_sync(tmp_path / "models", sessions, loaded)
+    sync.reconcile()
+    assert sync.holder.current is None and active_version(sessions) is None
+    two_versions(tmp_path / "models")  # the train service writes its run directories
+    sync.reconcile()
+    assert loaded == ["v2"] and active_version(sessions) == "v2"
+    sync.reconcile()  # serving the active version: nothing reloaded
+    assert loaded == ["v2"]
+
+
+def test_a_pinned_version_is_waited_for_and_a_broken_one_tried_once(
+    models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded: list[str] = []
+    waiting = make_sync(models, None, loaded, pinned="v3")
+    waiting.reconcile()
+    assert waiting.holder.current is None  # ACTIVE_MODEL=v3 is not there: v2 is not taken instead
+    (models / "v1" / "model.safetensors").write_bytes(b"not a checkpoint")
+    broken = make_sync(models, None, loaded, pinned="v1")
+    with caplog.at_level(logging.ERROR, logger="app.broadcast"):
+        broken.reconcile()
+        broken.reconcile()
+    assert len([r for r in caplog.records if r.name == "app.broadcast"]) == 1
+    assert broken.holder.current is None and loaded == []
