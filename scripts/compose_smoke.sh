@@ -181,7 +181,7 @@ say "images: tanp-rec:api $(mb "$(size tanp-rec:api)"), tanp-rec:trainer $(mb "$
 [ "$(size tanp-rec:api)" -lt 1000000000 ] || fail "the CPU api image is not under 1 GB"
 layers() { docker image inspect -f '{{range .RootFS.Layers}}{{println .}}{{end}}' "$1"; }
 shared=$(comm -12 <(layers tanp-rec:api | sort) <(layers tanp-rec:trainer | sort) | wc -l)
-say "api and trainer share their first $shared layers (base, torch, core dependencies)"
+say "api and trainer share $shared layers (base, torch and core dependencies unless built with --no-cache)"
 
 # --- a code-only change: how long the api image takes to rebuild, what it adds ---------------------
 before=$(docker history -q --no-trunc tanp-rec:api)
