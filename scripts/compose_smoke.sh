@@ -185,7 +185,8 @@ say "api and trainer share $shared layers (base, torch and core dependencies unl
 
 # --- a code-only change: how long the api image takes to rebuild, what it adds ---------------------
 before=$(docker history -q --no-trunc tanp-rec:api)
-printf '# compose-smoke: a code-only change\n' >>app/__init__.py
+# a new line each run: an identical one would find its layers in the cache of the last run
+printf '# compose-smoke: a code-only change (%s)\n' "$(date +%s%N)" >>app/__init__.py
 REBUILT=tanp-rec:smoke-rebuild
 step rebuild docker build -f docker/Dockerfile --target runtime -t "$REBUILT" .
 added=$(docker history --no-trunc --human=false --format '{{.ID}} {{.Size}}' "$REBUILT" \
