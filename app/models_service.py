@@ -82,6 +82,7 @@ class ModelService:
         self._startup_error: str | None = "model still loading"
         self._last_error: str | None = None
         self._failed_version: str | None = None
+        self._pinned: str | None = None
         self.last_reconcile: float | None = None
 
     # --- start ------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ class ModelService:
         """Blocking, never raises: register the run directories in SQL, load the startup
         version (see `choose_startup_version`), record it as active and swap it in. Without a
         loadable version the worker starts unready and says why."""
+        self._pinned = pinned
         with self._lock:
             registry_active = self._register_run_dirs()
             version = choose_startup_version(
@@ -159,12 +161,30 @@ class ModelService:
             self._swap(serving)
 
     def reconcile(self) -> None:
-        """Follow the active version (repairs missed announcements)."""
+        """Follow the active version (repairs missed announcements); a worker serving nothing
+        while no version is active activates the startup choice once it is on disk, so a model
+        trained after start-up (compose: `up` before `train`) is served without a reload."""
         desired = self.desired_version()
         if desired is not None:
             self.follow(desired)
+        elif self.holder.current is None:
+            self._adopt_startup_choice()
         self.last_reconcile = time.time()
         self._write_status()
+
+    def _adopt_startup_choice(self) -> None:
+        version = choose_startup_version(self.models_dir, pinned=self._pinned, registry_active=None)
+        if version is None or version == self._failed_version:
+            return
+        if version not in list_versions(self.models_dir):
+            return  # a pinned ACTIVE_MODEL not written yet: wait for it, take nothing else
+        try:
+            self.activate(version)
+        except (ServingError, OSError) as error:
+            self._failed_version = version
+            logger.error("could not load %s, found after start-up: %s", version, error)
+            return
+        logger.info("serving %s, found after start-up", version)
 
     def desired_version(self) -> str | None:
         """The active version: the SQL registry's, else the last announced one, else None."""

@@ -1,6 +1,6 @@
 """SQLAlchemy 2.x models: model versions, the item catalog, the request log, the admin audit.
 
-The Alembic migrations in `migrations/versions` must match these exactly; a test compares them.
+The Alembic migrations in `app/migrations/versions` must match these exactly; a test compares them.
 The request log holds only what a request carried in aggregate (sizes, k, timings), never the
 support items themselves.
 """

@@ -1,21 +1,30 @@
-"""Static checks of the deployment files: compose, the GPU override, the Dockerfile, .env.example.
+"""Static checks of the deployment files: compose, the GPU override, the Dockerfile, the image
+lock files, .env.example.
 
-Parses the files with PyYAML, tomllib and regular expressions; needs no Docker engine. Compares
-them with what they depend on: pyproject's scripts and extras, app.settings.Settings, the tree.
+Parses the files with PyYAML, tomllib and regular expressions; needs no Docker engine (the compose
+client, when installed, checks that compose refuses to start without its secrets). Compares them
+with what they depend on: pyproject's scripts and dependencies, app.settings.Settings, the tree.
+`make compose-smoke` runs them for real.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from app.settings import Settings
 
@@ -25,10 +34,14 @@ GPU_OVERRIDE = ROOT / "docker-compose.gpu.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+LOCKS = ROOT / "docker" / "requirements"
+TORCH_BUILDS = ("cpu", "cu13")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT_SCRIPTS = set(PYPROJECT["project"]["scripts"])
 OUR_IMAGE_SERVICES = ("api", "migrate", "train")
+SECRETS = ("ADMIN_TOKEN", "POSTGRES_PASSWORD")
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
+REQUIRED = r"\$\{%s:\?[^}]+\}"
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -101,7 +114,7 @@ def exec_form(arguments: str) -> list[str]:
 
 def test_compose_files_parse_and_name_the_services() -> None:
     assert set(services()) == {"api", "postgres", "redis", "migrate", "train"}
-    assert set(services(GPU_OVERRIDE)) == {"api"}
+    assert set(services(GPU_OVERRIDE)) == {"api", "migrate"}
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
@@ -137,16 +150,53 @@ def test_depends_on_waits_for_health_and_for_the_migration() -> None:
     assert services()["migrate"]["command"] == ["tanp-serve", "migrate"]
 
 
-def test_admin_token_comes_from_the_environment_with_no_default() -> None:
+def test_secrets_come_from_the_environment_required_and_with_no_default() -> None:
     for path in (COMPOSE, GPU_OVERRIDE):
         for name, modifier in VARIABLE.findall(path.read_text()):
-            if name == "ADMIN_TOKEN":
-                assert modifier == "" or modifier.startswith(":?"), f"{path.name}: {modifier}"
+            if name in SECRETS:
+                assert modifier.startswith(":?"), f"{path.name}: ${{{name}{modifier}}}"
+    api, migrate = environment(services()["api"]), environment(services()["migrate"])
+    assert re.fullmatch(REQUIRED % "ADMIN_TOKEN", api["ADMIN_TOKEN"])
+    assert "ADMIN_TOKEN" not in migrate
+    postgres = environment(services()["postgres"])
+    assert re.fullmatch(REQUIRED % "POSTGRES_PASSWORD", postgres["POSTGRES_PASSWORD"])
+    url = re.compile(
+        r"postgresql\+psycopg://tanp:%s@postgres:5432/tanp" % (REQUIRED % "POSTGRES_PASSWORD")
+    )
+    assert url.fullmatch(api["DATABASE_URL"]) and migrate["DATABASE_URL"] == api["DATABASE_URL"]
+
+
+def test_no_literal_secret_in_the_compose_files() -> None:
+    for path in (COMPOSE, GPU_OVERRIDE):
         for name, service in services(path).items():
-            value = environment(service).get("ADMIN_TOKEN", "${ADMIN_TOKEN}")
-            assert re.fullmatch(r"\$\{ADMIN_TOKEN(:\?[^}]*)?\}", str(value)), f"{name}: {value}"
-    assert environment(services()["api"])["ADMIN_TOKEN"] == "${ADMIN_TOKEN}"
-    assert "ADMIN_TOKEN" not in environment(services()["migrate"])
+            for key, value in environment(service).items():
+                if re.search(r"PASSWORD|TOKEN|SECRET", key):
+                    assert re.fullmatch(REQUIRED % key, str(value)), f"{name}.{key}: {value}"
+                if "://" in str(value) and "@" in str(value):  # credentials in a URL
+                    user_info = str(value).split("://", 1)[1].split("@", 1)[0]
+                    assert re.fullmatch(r"\w+:" + REQUIRED % r"\w+", user_info), f"{name}.{key}"
+
+
+def compose_client() -> str | None:
+    found = Path(sys.executable).parent / "docker-compose"
+    return str(found) if found.is_file() else shutil.which("docker-compose")
+
+
+@pytest.mark.skipif(compose_client() is None, reason="no docker-compose client installed")
+def test_compose_config_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
+    """What `docker compose config` says with no .env (the client needs no engine for it)."""
+    client = str(compose_client())
+    base = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("COMPOSE")}
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(GPU_OVERRIDE)]):
+        command = [client, "--env-file", str(empty), *files, "config", "-q"]
+        refused = subprocess.run(command, env=base, capture_output=True, text=True, check=False)
+        assert refused.returncode != 0
+        assert all(f"required variable {name} is missing" in refused.stderr for name in SECRETS)
+        with_secrets = {**base, "ADMIN_TOKEN": "t", "POSTGRES_PASSWORD": "p"}
+        accepted = subprocess.run(command, env=with_secrets, capture_output=True, text=True)
+        assert accepted.returncode == 0, accepted.stderr
 
 
 def settings_variables() -> set[str]:
@@ -161,17 +211,22 @@ def settings_variables() -> set[str]:
     return names
 
 
-def test_every_service_variable_is_a_settings_field() -> None:
+def test_every_settings_field_reaches_the_api_and_nothing_else_does() -> None:
     known = settings_variables()
     for name in ("api", "migrate"):
         unknown = set(environment(services()[name])) - known
         assert not unknown, f"{name} sets variables Settings does not read: {sorted(unknown)}"
-    unknown = set(environment(services(GPU_OVERRIDE)["api"])) - known
+    missing = known - set(environment(services()["api"]))
+    assert not missing, f"settings that never reach the api container: {sorted(missing)}"
+    toolkit = {"NVIDIA_DRIVER_CAPABILITIES", "NVIDIA_REQUIRE_CUDA"}  # read by the NVIDIA toolkit
+    unknown = set(environment(services(GPU_OVERRIDE)["api"])) - known - toolkit
     assert not unknown, f"the GPU override sets unknown variables: {sorted(unknown)}"
     api = environment(services()["api"])
-    assert api["DATABASE_URL"] == "postgresql+psycopg://tanp:tanp@postgres:5432/tanp"
     assert api["REDIS_URL"] == "redis://redis:6379/0"
     assert api["MODELS_DIR"] == "/models"
+    assert "TANP_DATA_DIR" not in api  # the service never reads dataset files
+    assert api["MIGRATE_ON_START"] == "false"
+    assert api["DEVICE"] == "${DEVICE:-cpu}"
 
 
 def test_commands_name_a_console_script_or_python() -> None:
@@ -186,6 +241,8 @@ def test_commands_name_a_console_script_or_python() -> None:
     assert train[:2] == ["tanp-train", "train"]
     assert train[train.index("--data") + 1] == "/data"
     assert train[train.index("--out") + 1].startswith("/models/")
+    # One place for the training options: compose's default of TRAIN_ARGS.
+    assert [part for part in train if "TRAIN_ARGS" in part] == ["${TRAIN_ARGS:---split"]
     for stage, instructions in dockerfile_stages().items():
         for instruction, arguments in instructions:
             if instruction in ("CMD", "ENTRYPOINT") and stage != "trainer":
@@ -194,19 +251,25 @@ def test_commands_name_a_console_script_or_python() -> None:
     assert exec_form(trainer["ENTRYPOINT"]) == ["tanp-train"]
 
 
-def test_compose_builds_only_existing_dockerfile_targets() -> None:
+def test_compose_builds_each_image_once_from_existing_dockerfile_targets() -> None:
     stages = dockerfile_stages()
-    for path in (COMPOSE, GPU_OVERRIDE):
-        for name, service in services(path).items():
-            build = service.get("build")
-            if build is None:
-                continue
-            assert (ROOT / build["context"] / build["dockerfile"]) == DOCKERFILE
-            assert build["target"] in stages, f"{path.name}:{name} targets {build['target']}"
+    built = {}
+    for name, service in services().items():
+        build = service.get("build")
+        if build is None:
+            continue
+        assert (ROOT / build["context"] / build["dockerfile"]) == DOCKERFILE
+        assert build["target"] in stages, f"{name} targets {build['target']}"
+        assert set(build["args"]) == {"PYTHON_IMAGE", "TORCH"} and build["args"]["TORCH"] == "cpu"
+        assert service["image"] not in built, f"{name} and {built.get(service['image'])} both build"
+        built[service["image"]] = name
     assert services()["api"]["build"]["target"] == "runtime"
-    assert services()["migrate"]["image"] == services()["api"]["image"]
     assert services()["train"]["build"]["target"] == "trainer"
     assert services()["train"]["profiles"] == ["train"]
+    # migrate runs the api's image: built once (by api), never pulled
+    migrate = services()["migrate"]
+    assert "build" not in migrate and migrate["pull_policy"] == "never"
+    assert migrate["image"] == services()["api"]["image"]
 
 
 def copy_sources() -> list[str]:
@@ -215,7 +278,9 @@ def copy_sources() -> list[str]:
         if instruction != "COPY" or "--from=" in arguments:
             continue
         parts = [part for part in arguments.split() if not part.startswith("--")]
-        sources.extend(parts[:-1])
+        for part in parts[:-1]:
+            builds = TORCH_BUILDS if "${TORCH}" in part else ("",)
+            sources.extend(part.replace("${TORCH}", build) for build in builds)
     return sources
 
 
@@ -232,46 +297,155 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored(source: str) -> None:
         assert not fnmatch.fnmatch(path, pattern.rstrip("/")), f"{source} is in .dockerignore"
 
 
-def test_dockerfile_extras_and_torch_pin_match_pyproject() -> None:
+def lock(name: str) -> dict[str, str]:
+    """A lock file's pins, name -> version; every pin exact, hashed except torch's CPU build."""
+    pins: dict[str, str] = {}
+    text = (LOCKS / name).read_text()
+    for line in text.splitlines():
+        match = re.match(r"([A-Za-z0-9][\w.-]*)==(\S+)", line)
+        if match:
+            pins[canonicalize_name(match.group(1))] = match.group(2)
+        else:
+            assert line.startswith(("#", "    --hash=sha256:", "--index-url ")), f"{name}: {line}"
+    assert pins, f"{name} pins nothing"
+    if name != "torch-cpu.txt":
+        for entry in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2]):
+            assert "--hash=sha256:" in entry, f"{name}: no hash for {entry.splitlines()[0]}"
+    return pins
+
+
+def test_lock_files_pin_what_pyproject_asks_for() -> None:
+    """Each image's locks cover pyproject's dependencies with versions its specifiers accept; the
+    images' `pip check` and scripts/lock_images.py check the rest (transitive completeness)."""
+    project = PYPROJECT["project"]
+    extras = project["optional-dependencies"]
+    core = lock("core.txt")
+    for build in TORCH_BUILDS:
+        torch = lock(f"torch-{build}.txt")
+        for extra, extra_lock in (("serve", "api.txt"), ("train", "train.txt")):
+            pins = {**torch, **core, **lock(extra_lock)}
+            for requirement in map(Requirement, [*project["dependencies"], *extras[extra]]):
+                version = pins.get(canonicalize_name(requirement.name))
+                assert version, f"{extra_lock} + torch-{build}: {requirement.name} not pinned"
+                public = version.split("+", 1)[0]
+                assert requirement.specifier.contains(public, prereleases=True), (
+                    f"{requirement} but the {build} lock pins {version}"
+                )
+    assert lock("torch-cpu.txt") == {"torch": "2.13.0+cpu"}
+    assert (
+        "--index-url https://download.pytorch.org/whl/cpu\n"
+        in (LOCKS / "torch-cpu.txt").read_text()
+    )
+    cuda = lock("torch-cu13.txt")
+    assert cuda["torch"] == "2.13.0" and any(name.endswith("-cu13") for name in cuda)
+    assert not set(core) & set(lock("api.txt")) and not set(core) & set(lock("train.txt"))
+    assert "matplotlib" not in lock("api.txt"), "train extras do not belong in the API image"
+
+
+def test_images_run_as_a_numeric_user_and_the_api_exposes_8000_and_checks_livez() -> None:
+    runtime = dict(dockerfile_stages()["runtime"])
+    assert runtime["EXPOSE"] == "8000"
+    assert "http://127.0.0.1:8000/livez" in runtime["HEALTHCHECK"]
+    assert exec_form(runtime["CMD"]) == ["tanp-serve", "--host", "0.0.0.0", "--port", "8000"]
+    for stage in ("runtime", "trainer"):
+        # numeric, so Kubernetes' runAsNonRoot can verify it; the models volume's owner
+        assert dict(dockerfile_stages()[stage])["USER"] == "10001:10001"
+    trainer = dict(dockerfile_stages()["trainer"])
+    assert "MPLCONFIGDIR=/tmp/matplotlib" in trainer["ENV"] and "HOME=/home/tanp" in trainer["ENV"]
+
+
+def test_dockerfile_has_no_cuda_stage_and_no_registry_frontend() -> None:
     text = DOCKERFILE.read_text()
-    extras = {name for group in re.findall(r"\.\[([\w,-]+)\]", text) for name in group.split(",")}
-    assert extras == {"serve", "train"}
-    assert extras <= set(PYPROJECT["project"]["optional-dependencies"])
-    pins = [dep for dep in PYPROJECT["project"]["dependencies"] if dep.startswith("torch")]
-    assert pins == ["torch==2.13.0"]
-    assert set(re.findall(r"torch==[\w.+]+", text)) == set(pins)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert not re.search(r"^#\s*syntax\s*=", text, re.MULTILINE | re.IGNORECASE)
+    assert "nvidia/cuda" not in text.lower()
+    stages = dockerfile_stages()
+    for stage, instructions in stages.items():
+        image = instructions[0][1].split()[0]
+        assert image == "${PYTHON_IMAGE}" or image in stages, f"{stage} is FROM {image}"
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in text and "ARG TORCH=cpu" in text
 
 
-def test_api_images_run_as_a_user_expose_8000_and_check_livez() -> None:
-    for stage in ("runtime", "gpu"):
-        instructions = dict(dockerfile_stages()[stage])
-        assert instructions["USER"] == "tanp"
-        assert instructions["EXPOSE"] == "8000"
-        assert "http://127.0.0.1:8000/livez" in instructions["HEALTHCHECK"]
-        assert exec_form(instructions["CMD"]) == [
-            *("tanp-serve", "--host", "0.0.0.0", "--port", "8000")
-        ]
-    assert dict(dockerfile_stages()["trainer"])["USER"] == "tanp"
-    assert dockerfile_stages()["gpu-base"][0][1].split()[0] == "${CUDA_IMAGE}"
-    assert "ARG CUDA_IMAGE=nvidia/cuda:" in DOCKERFILE.read_text()
+def run_instructions(stage: str) -> list[str]:
+    return [
+        arguments for instruction, arguments in dockerfile_stages()[stage] if instruction == "RUN"
+    ]
+
+
+def test_dependency_layers_come_first_and_the_project_installs_last_without_deps() -> None:
+    stages = dockerfile_stages()
+    assert stages["torch"][0][1].split()[0] == "base"
+    torch = run_instructions("torch")
+    assert torch[0].startswith("pip install --no-deps -r /tmp/requirements/torch-${TORCH}.txt")
+    assert torch[1].startswith("pip install --no-deps --no-compile -r /tmp/requirements/core.txt")
+    for stage, extra_lock in (("runtime", "api.txt"), ("trainer", "train.txt")):
+        assert stages[stage][0][1].split()[0] == "torch"
+        runs = run_instructions(stage)
+        assert runs[0] == f"pip install --no-deps -r /tmp/requirements/{extra_lock}"
+        assert runs[-1].startswith("pip install --no-deps /tmp/wheels/*.whl")
+        assert runs[-1].endswith("&& pip check")
+        sources = [arguments for instruction, arguments in stages[stage] if instruction == "COPY"]
+        assert sources[-1] == "--from=wheel /wheels/ /tmp/wheels/"
+    # the source tree reaches the wheel stage only
+    for stage, instructions in stages.items():
+        if stage != "wheel":
+            copied = [arguments for instruction, arguments in instructions if instruction == "COPY"]
+            assert not [c for c in copied if re.search(r"\b(app|tanp|training)/", c)], stage
+
+
+def service_volumes(name: str, path: Path = COMPOSE) -> list[Any]:
+    volumes = services(path)[name].get("volumes") or []
+    assert isinstance(volumes, list)
+    return volumes
 
 
 def test_models_are_read_only_for_the_api_and_writable_for_training() -> None:
-    assert "models:/models:ro" in services()["api"]["volumes"]
-    train_volumes = services()["train"]["volumes"]
-    assert "models:/models" in train_volumes
-    assert "${TANP_DATA_HOST_DIR:-./data/lastfm}:/data:ro" in train_volumes
+    assert service_volumes("api") == ["models:/models:ro"]  # no dataset in the api
+    assert "models:/models" in service_volumes("train")
+    (data,) = [v for v in service_volumes("train") if isinstance(v, dict)]
+    assert data["source"] == "${TANP_DATA_HOST_DIR:-../shared/data/lastfm}"
+    assert data["target"] == "/data" and data["read_only"] is True
+    assert data["bind"] == {"create_host_path": False}  # a missing folder is an error
     assert set(load_yaml(COMPOSE)["volumes"]) == {"models", "pgdata"}
 
 
-def test_gpu_override_reserves_one_nvidia_device() -> None:
+def test_every_service_is_hardened() -> None:
+    for name, service in services().items():
+        assert service["read_only"] is True, name
+        assert "/tmp" in service["tmpfs"], name
+        assert service["cap_drop"] == ["ALL"], name
+        assert set(service.get("cap_add", [])) <= {
+            "CHOWN",
+            "DAC_OVERRIDE",
+            "FOWNER",
+            "SETGID",
+            "SETUID",
+        }
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+        assert service["deploy"]["resources"]["limits"]["memory"], name
+        assert service["logging"] == {
+            "driver": "json-file",
+            "options": {"max-size": "10m", "max-file": "3"},
+        }, name
+    for name in OUR_IMAGE_SERVICES:
+        assert "cap_add" not in services()[name], f"{name} needs no capability"
+
+
+def test_redis_is_a_bounded_lru_cache() -> None:
+    argv = as_argv(services()["redis"]["command"])
+    assert argv[argv.index("--maxmemory") + 1] == "${REDIS_MAXMEMORY:-256mb}"
+    assert argv[argv.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert argv[argv.index("--save") + 1] == "" and argv[argv.index("--appendonly") + 1] == "no"
+
+
+def test_gpu_override_builds_the_cuda_torch_and_reserves_one_nvidia_device() -> None:
     api = services(GPU_OVERRIDE)["api"]
     devices = api["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert api["build"]["target"] == "gpu"
+    assert api["build"] == {"args": {"TORCH": "cu13"}}
     assert environment(api)["DEVICE"] == "cuda"
+    assert environment(api)["NVIDIA_REQUIRE_CUDA"] == "cuda>=13.0"
     assert api["image"] != services()["api"]["image"]
+    assert services(GPU_OVERRIDE)["migrate"]["image"] == api["image"]
 
 
 def test_env_example_documents_every_variable_once_with_a_comment() -> None:
@@ -289,3 +463,26 @@ def test_env_example_documents_every_variable_once_with_a_comment() -> None:
     }
     missing = (used | settings_variables()) - set(documented)
     assert not missing, f".env.example does not document {sorted(missing)}"
+
+
+def env_example_values() -> dict[str, str]:
+    """NAME -> value of the uncommented lines of .env.example."""
+    pairs = re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(), re.MULTILINE)
+    return dict(pairs)
+
+
+def test_env_example_agrees_with_the_compose_defaults() -> None:
+    """A copied .env.example changes nothing but the secrets (DEVICE=auto once overrode compose's
+    cpu); the secrets are there, empty, for the operator to fill."""
+    values = env_example_values()
+    for path in (COMPOSE, GPU_OVERRIDE):
+        for name, modifier in VARIABLE.findall(path.read_text()):
+            if modifier.startswith(":-") and name in values:
+                assert values[name] == modifier[2:], f"{name}: .env.example {values[name]!r}"
+            if modifier.startswith(":-") and name not in values:
+                assert re.search(rf"^#{name}=", ENV_EXAMPLE.read_text(), re.MULTILINE), name
+    assert {name: values[name] for name in SECRETS} == dict.fromkeys(SECRETS, "")
+    for compose_sets in ("DATABASE_URL", "REDIS_URL", "MODELS_DIR", "MIGRATE_ON_START", "DEVICE"):
+        assert compose_sets not in values, (
+            f"{compose_sets} in .env.example would be ignored or override"
+        )

@@ -198,9 +198,43 @@ def test_a_broken_active_version_is_tried_once_and_the_old_model_keeps_serving(
     assert follower.last_error is not None and "format_version" in follower.last_error
 
 
-def test_without_a_database_or_redis_there_is_no_desired_version(models: Path) -> None:
-    service = make_service(models, None, [])
+def test_without_a_database_or_redis_there_is_no_desired_version(tmp_path: Path) -> None:
+    service = make_service(tmp_path / "no-models-yet", None, [])
     assert service.desired_version() is None
-    service.reconcile()  # nothing to follow, nothing raised
+    service.reconcile()  # nothing to follow, nothing on disk, nothing raised
     assert service.holder.current is None
     assert service.overview().registry == "disabled"
+
+
+def test_a_worker_serving_nothing_takes_a_model_trained_after_start_up(
+    tmp_path: Path, sessions: SessionFactory
+) -> None:
+    """Compose: `up` before the first `train` run must not leave /readyz at 503 until a reload."""
+    swapped: list[str] = []
+    service = make_service(tmp_path / "models", sessions, swapped)
+    service.start(pinned=None)
+    service.reconcile()
+    assert service.holder.current is None and active_version(sessions) is None
+    two_versions(tmp_path / "models")  # the train service writes its run directories
+    service.reconcile()
+    assert swapped == ["v2"] and active_version(sessions) == "v2"
+    service.reconcile()  # serving the active version: nothing reloaded
+    assert swapped == ["v2"]
+
+
+def test_a_pinned_version_is_waited_for_and_a_broken_one_tried_once(
+    models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    swapped: list[str] = []
+    waiting = make_service(models, None, swapped)
+    waiting._pinned = "v3"
+    waiting.reconcile()
+    assert waiting.holder.current is None  # ACTIVE_MODEL=v3 is not there: v2 is not taken instead
+    (models / "v1" / "model.safetensors").write_bytes(b"not a checkpoint")
+    broken = make_service(models, None, swapped)
+    broken._pinned = "v1"
+    with caplog.at_level(logging.ERROR, logger="app.models_service"):
+        broken.reconcile()
+        broken.reconcile()
+    assert len([r for r in caplog.records if "found after start-up" in r.message]) == 1
+    assert broken.holder.current is None and swapped == []
