@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: item features, affinity module, support-only task state
 WEIGHTS_FILE = "model.safetensors"
 MANIFEST_FILE = "manifest.json"
 PROBE_TOLERANCE = 1e-3  # loose enough for CPU vs GPU kernels

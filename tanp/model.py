@@ -1,9 +1,11 @@
 """TaNP (Task-adaptive Neural Process, Lin et al., WWW 2021) as one batched torch module.
 
-Role-named parts: item/user embedding, latent encoder h_theta (-> z), task encoder, memory unit
-(global pool of cluster centres), FiLM / Gating-FiLM / plain decoder. Episodes arrive padded:
-every tensor has a batch axis B and a point axis N with a boolean mask. The model is pure: no
-losses, no optimiser. Knows nothing about files, data formats or the service.
+Role-named parts: item inputs (fixed item features, optional id/user embeddings), latent encoder
+h_theta (-> z), task encoder, memory unit (global pool of cluster centres), FiLM-modulated
+decoder with a taste head (z against the item's features) and the neighbour affinity
+(tanp.affinity) as decoder inputs. Episodes arrive padded: every tensor has a batch axis B and a
+point axis with a boolean mask. The model is pure: no losses, no optimiser. Knows nothing about
+files, data formats or the service.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from tanp.affinity import FEATURES as AFFINITY_FEATURES
+from tanp.affinity import NeighbourAffinity
+
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
-AFFINITY_FEATURES = 3
-PAIR_SIMILARITY_MAX_ITEMS = 8192  # a dense (items, items) float32 matrix of at most 256 MiB
 Aggregator = Literal["mean", "attention"]
 
 
@@ -30,22 +33,25 @@ class TaNPConfig:
     """Architecture of one TaNP; stored verbatim in every checkpoint manifest.
 
     Defaults are the reference notebook's hyper-parameters (the `reference` preset).
-    `user_input="none"` drops the user id (every user is new at serving time);
-    `"unknown"` keeps a user table whose last row is a shared unknown-user embedding.
+    `item_feature_dim` > 0: fixed item features (the `item_features` buffer, computed offline
+    from train users only: item factors, content factors, popularity) are every point's input.
+    `item_id_input`: a learned per-item id embedding as well (the reference's only input).
+    `user_input="unknown"` keeps a user table whose last row is a shared unknown-user embedding.
     `film_gamma_offset` = 1 centres FiLM's scale at identity (gamma = 1 + tanh(W t)); the
-    reference's 0 scales every hidden unit by ~tanh(0) at initialisation, which is why its
-    predictions stay nearly constant for most of training.
-    `neighbours` = K > 0 stores each item's K most similar items (cosine over train users'
-    positives) and feeds the decoder three support-conditioned features per target item: its mean
-    similarity to the liked and to the disliked support items and its largest similarity to a
-    liked one (item-kNN as a decoder input).
-    `item_prior_dim` > 0 feeds fixed item-side features (computed from train users only and
-    stored as the `item_prior` buffer) into the decoder beside the item embedding.
+    reference's 0 scales every hidden unit by ~tanh(0) at initialisation.
+    `neighbours` = K > 0 stores each item's K most similar items and feeds the decoder their
+    affinity to the support set (tanp.affinity); `affinity_dropout` hides it from a training
+    episode with that probability, so z and the task path must learn the user's taste too.
+    `taste_head`: the score gains (W z) . x_i, z read against the target's own features.
+    `affinity_skip`: the score also gains a linear term in the affinity features, so the
+    item-kNN ranking itself is one weight away.
     """
 
     num_items: int
     num_users: int = 0
     user_input: UserInput = "none"
+    item_id_input: bool = True
+    item_feature_dim: int = 0
     first_embedding_dim: int = 32
     second_embedding_dim: int = 16
     z1_dim: int = 32
@@ -64,32 +70,40 @@ class TaNPConfig:
     dropout_rate: float = 0.0
     decoder: DecoderKind = "film"
     aggregator: Aggregator = "mean"
-    item_prior_dim: int = 0
     film_gamma_offset: float = 0.0
     embedding_init_std: float = 0.0
     logvar_init: float = 0.0
     neighbours: int = 0
     affinity_scale: float = 1.0
-    item_id_input: bool = True
+    affinity_dropout: float = 0.0
+    taste_head: bool = False
+    affinity_skip: bool = False
     label_min: float = 0.0
     label_max: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_items < 1:
             raise ValueError("num_items must be positive")
+        for name in ("num_users", "item_feature_dim", "neighbours", "clusters_k", "z_dim"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.user_input == "unknown" and self.num_users < 1:
             raise ValueError("user_input='unknown' needs num_users >= 1")
         if self.decoder not in ("film", "gating_film", "none"):
             raise ValueError(f"unknown decoder {self.decoder!r}")
         if self.aggregator not in ("mean", "attention"):
             raise ValueError(f"unknown aggregator {self.aggregator!r}")
+        if self.x_dim < 1:
+            raise ValueError("a point needs an input: item_id_input, item_feature_dim or users")
+        if not 0.0 <= self.affinity_dropout < 1.0:
+            raise ValueError("affinity_dropout must be within [0, 1)")
 
     @property
     def x_dim(self) -> int:
-        """Width of one point's input x: item embedding (+ user embedding) (+ item prior)."""
+        """Width of one point's input x: item embedding + user embedding + item features."""
         user = self.second_embedding_dim if self.user_input == "unknown" else 0
         item = self.second_embedding_dim if self.item_id_input else 0
-        return item + user + self.item_prior_dim
+        return item + user + self.item_feature_dim
 
     @property
     def unknown_user(self) -> int:
@@ -118,23 +132,24 @@ class Gaussian(NamedTuple):
 class TaskState(NamedTuple):
     """Everything the decoder needs from a support set; what the service caches.
 
-    prior: q(z | context), each (B, Z); task: modulation input after the memory unit (B, T);
-    assignment: soft cluster assignment C (B, K); affinity: (B, 3, N) neighbour similarity
-    features of every item (see TaNP.support_affinity; (B, 0, N) when unused), or (B, 3, W) of
-    the W targets named to TaNP.encode.
+    prior: q(z | support), each (B, Z); task: modulation input after the memory unit (B, T);
+    assignment: soft cluster assignment C (B, K); support items (B, L) long, labels (B, L) and
+    mask (B, L) bool: the neighbour affinity of any item is computed from them when scored.
     """
 
     prior: Gaussian
     task: Tensor
     assignment: Tensor
-    affinity: Tensor
+    support_items: Tensor
+    support_labels: Tensor
+    support_mask: Tensor
 
 
 class TaNPOutput(NamedTuple):
     """One result type for every mode.
 
-    prediction: (B, Nt) scores of the targets; prior: q(z | context); posterior: q(z | target)
-    when target labels were given, else None; assignment: (B, K) cluster assignment.
+    prediction: (B, W) scores of the targets; prior: q(z | context); posterior: q(z | context and
+    labelled targets) when target labels were given, else None; assignment: (B, K).
     """
 
     prediction: Tensor
@@ -256,10 +271,11 @@ class MemoryUnit(nn.Module):
 
 
 class ModulatedDecoder(nn.Module):
-    """Three hidden layers over [x, z], each modulated by the task embedding, then one output.
+    """Three hidden layers over [x, z, affinity], each modulated by the task embedding, then one
+    output, plus the taste head (W z) . x when configured.
 
-    film: h = h * tanh(W_g t) + tanh(W_b t); gating_film mixes gamma/beta with a sigmoid gate
-    and a third transform as in the reference's Gating_Decoder; none: no modulation.
+    film: h = h * (offset + tanh(W_g t)) + tanh(W_b t); gating_film mixes gamma/beta with a
+    sigmoid gate and a third transform as in the reference's Gating_Decoder; none: no modulation.
     """
 
     def __init__(self, config: TaNPConfig) -> None:
@@ -289,18 +305,24 @@ class ModulatedDecoder(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout_rate)
         self.output = nn.Linear(widths[-1], 1)
+        self.taste = (
+            nn.Linear(config.z_dim, config.x_dim, bias=False) if config.taste_head else None
+        )
+        self.affinity_skip = (
+            nn.Linear(AFFINITY_FEATURES, 1, bias=False)
+            if config.affinity_skip and config.neighbours
+            else None
+        )
 
-    def first_layer_item_part(self, x: Tensor) -> Tensor:
+    def item_part(self, x: Tensor) -> Tensor:
         """The item side of the first layer, W_x x + b: (..., X) -> (..., H1). Precomputable."""
         return self.input_x(x)
 
-    def forward_from_first(
-        self, first: Tensor, *, z: Tensor, task: Tensor, affinity: Tensor | None = None
+    def forward(
+        self, *, x: Tensor, first: Tensor, z: Tensor, task: Tensor, affinity: Tensor | None
     ) -> Tensor:
-        """first (B, N, H1) item part, z (B, Z) or (S, B, Z), task (B, T), affinity
-        (B, N, 3) target features when neighbours are used.
-
-        Returns scores (B, N), or (S, B, N) for S draws of z."""
+        """Targets x (B, N, X) with first = item_part(x), z (B, Z) or (S, B, Z), task (B, T),
+        affinity (B, N, 3) or None. Returns scores (B, N), or (S, B, N) for S draws of z."""
         hidden = first + self.input_z(z).unsqueeze(-2)
         if self.input_affinity is not None and affinity is not None:
             hidden = hidden + self.input_affinity(affinity * self.affinity_scale)
@@ -311,7 +333,13 @@ class ModulatedDecoder(nn.Module):
             if self.modulation:
                 hidden = self._modulate(hidden, self.modulation[index](task))
             hidden = F.relu(self.dropout(hidden))
-        return self.output(hidden).squeeze(-1)
+        scores = self.output(hidden).squeeze(-1)
+        if self.affinity_skip is not None and affinity is not None:
+            scores = scores + self.affinity_skip(affinity * self.affinity_scale).squeeze(-1)
+        if self.taste is not None:
+            # (..., B, 1, X) against (B, N, X): the taste head, one dot product per target
+            scores = scores + (self.taste(z).unsqueeze(-2) * x).sum(-1)
+        return scores
 
     def _modulate(self, hidden: Tensor, transforms: Tensor) -> Tensor:
         # transforms (B, width * m) broadcast over the point axis of hidden (..., B, N, width)
@@ -327,15 +355,13 @@ class ModulatedDecoder(nn.Module):
 class TaNP(nn.Module):
     """Support set -> (z, task identity) -> modulated decoder scores for any items.
 
-    Buffers `item_popularity` (positive counts among train users, for the popularity fallback)
-    and `item_prior` (fixed decoder features) travel with the weights.
+    Buffers travel with the weights: `item_popularity` (positive counts among train users, for
+    the popularity fallback), `item_features` (fixed point inputs) and the affinity's
+    neighbour lists.
     """
 
     item_popularity: Tensor
-    item_prior: Tensor
-    neighbour_index: Tensor
-    neighbour_weight: Tensor
-    pair_similarity: Tensor | None
+    item_features: Tensor
 
     def __init__(self, config: TaNPConfig) -> None:
         super().__init__()
@@ -383,14 +409,16 @@ class TaNP(nn.Module):
             clusters=config.clusters_k, dim=config.taskenc_final_dim, temperature=config.temperature
         )
         self.decoder = ModulatedDecoder(config)
-        self.register_buffer("item_popularity", torch.zeros(config.num_items))
-        self.register_buffer("item_prior", torch.zeros(config.num_items, config.item_prior_dim))
-        self.register_buffer(
-            "neighbour_index", torch.zeros(config.num_items, config.neighbours, dtype=torch.long)
+        self.affinity = NeighbourAffinity(
+            num_items=config.num_items,
+            neighbours=config.neighbours,
+            label_min=config.label_min,
+            label_max=config.label_max,
         )
-        self.register_buffer("neighbour_weight", torch.zeros(config.num_items, config.neighbours))
-        # a training-only cache, never saved (see build_pair_similarity)
-        self.register_buffer("pair_similarity", None, persistent=False)
+        self.register_buffer("item_popularity", torch.zeros(config.num_items))
+        self.register_buffer(
+            "item_features", torch.zeros(config.num_items, config.item_feature_dim)
+        )
 
     def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
         """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
@@ -402,136 +430,51 @@ class TaNP(nn.Module):
                 )
             user = self.user_embedding(users).unsqueeze(1).expand(-1, items.shape[1], -1)
             parts.append(user)
-        if self.config.item_prior_dim:
-            parts.append(self.item_prior[items])
+        if self.config.item_feature_dim:
+            parts.append(self.item_features[items])
         return torch.cat(parts, dim=-1)
 
-    def encode(
+    def encode(self, *, x: Tensor, labels: Tensor, mask: Tensor, items: Tensor) -> TaskState:
+        """Support points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState."""
+        prior = self.latent(x, labels, mask)
+        assignment, task = self.memory(self.task_encoder(x, labels, mask))
+        return TaskState(prior, task, assignment, items, labels, mask)
+
+    def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
+        """q(z | points): the latent path alone (prior over the support, posterior over all)."""
+        return self.latent_head(self.latent_encoder(x, labels, mask))
+
+    def target_affinity(self, state: TaskState, targets: Tensor | None) -> Tensor | None:
+        """(B, W, 3) affinity of targets (B, W), or (B, N, 3) of the whole catalog when targets
+        is None; None when the model has no neighbour path."""
+        if not self.config.neighbours:
+            return None
+        support = {
+            "items": state.support_items,
+            "labels": state.support_labels,
+            "mask": state.support_mask,
+        }
+        if targets is None:
+            return self.affinity.catalog(**support)
+        return self.affinity.targets(**support, targets=targets)
+
+    def decode(
         self,
         *,
         x: Tensor,
-        labels: Tensor,
-        mask: Tensor,
-        items: Tensor,
-        own_positives: Tensor | None = None,
-        latent_pairs: Tensor | None = None,
-        targets: Tensor | None = None,
-    ) -> TaskState:
-        """Context points x (B, L, X), labels (B, L), mask (B, L), items (B, L) -> TaskState.
-
-        latent_pairs: the latent path's per-point encodings when already computed.
-        targets (B, W): when given, the affinity covers only these items, (B, 3, W) in their
-        order, instead of the whole catalog."""
-        if latent_pairs is None:
-            latent_pairs = self.latent_encoder.encode_pairs(x, labels)
-        prior = self.latent_head(self.latent_encoder.aggregate(latent_pairs, mask))
-        # points after the last context column of every episode never reach the task encoder
-        used = trailing_trim(mask)
-        assignment, task = self.memory(
-            self.task_encoder(x[:, :used], labels[:, :used], mask[:, :used])
-        )
-        if targets is not None and self.pair_similarity is not None and own_positives is None:
-            affinity = self.pair_affinity(items=items, labels=labels, mask=mask, targets=targets)
-        else:
-            affinity = self.support_affinity(
-                items=items, labels=labels, mask=mask, own_positives=own_positives
-            )
-            if targets is not None:
-                affinity = affinity_of(affinity, targets)
-        return TaskState(prior, task, assignment, affinity)
-
-    def build_pair_similarity(self, max_items: int = PAIR_SIMILARITY_MAX_ITEMS) -> None:
-        """Spread the neighbour lists into a dense (items, items) matrix, S[i, j] = the weight
-        of j in i's list (0 when absent), so training reads the affinity of its few target
-        items with one gather instead of scattering every neighbour over the whole catalog.
-        Skipped for catalogs over max_items (the matrix takes items^2 * 4 bytes); not saved."""
-        items = self.config.num_items
-        if not self.config.neighbours or items > max_items:
-            self.pair_similarity = None
-            return
-        dense = torch.zeros(items, items, device=self.neighbour_weight.device)
-        self.pair_similarity = dense.scatter_(1, self.neighbour_index, self.neighbour_weight)
-
-    def pair_affinity(
-        self, *, items: Tensor, labels: Tensor, mask: Tensor, targets: Tensor
+        z: Tensor,
+        state: TaskState,
+        affinity: Tensor | None,
+        first: Tensor | None = None,
     ) -> Tensor:
-        """support_affinity restricted to targets (B, W): (B, 3, W), through the dense matrix
-        of build_pair_similarity."""
-        assert self.pair_similarity is not None
-        weights, counts = self._support_weights(labels, mask)
-        similarity = self.pair_similarity[items.unsqueeze(-1), targets.unsqueeze(1)]  # (B, L, W)
-        sums = weights @ similarity  # (B, 2, W)
-        closest = (weights[:, :1].transpose(1, 2) * similarity).amax(1, keepdim=True)
-        return torch.cat([sums / counts, closest.clamp_min(0.0)], dim=1)
-
-    def _support_weights(self, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-        """Each context point's liked / disliked weight (B, 2, L) and their sums (B, 2, 1)."""
-        span = max(self.config.label_max - self.config.label_min, 1e-8)
-        liked = ((labels - self.config.label_min) / span).clamp(0, 1) * mask
-        weights = torch.stack([liked, (1 - liked) * mask], dim=1)
-        return weights, weights.sum(-1, keepdim=True).clamp_min(1.0)
-
-    def support_affinity(
-        self, *, items: Tensor, labels: Tensor, mask: Tensor, own_positives: Tensor | None = None
-    ) -> Tensor:
-        """(B, 3, N): mean similarity of every item to the liked and to the disliked context
-        items, and its largest similarity to a liked one, through each context item's stored
-        neighbour list; (B, 0, N) when unused.
-
-        own_positives (B, N) bool, for users whose positives built the similarities (training
-        users): their own co-occurrences and counts are taken out, sim' = (sim sqrt(n_i n_j) -
-        o_i o_j) / sqrt((n_i - o_i)(n_j - o_j)) with o = 1 for the user's own positives, so
-        training sees the similarities a new user will get."""
-        batch = items.shape[0]
-        if not self.config.neighbours:
-            return torch.zeros(batch, 0, self.config.num_items, device=items.device)
-        weights, counts = self._support_weights(labels, mask)  # (B, 2, L), (B, 2, 1)
-        neighbour_items = self.neighbour_index[items]  # (B, L, K)
-        similarity = self.neighbour_weight[items]  # (B, L, K)
-        if own_positives is not None:
-            similarity = self._without_own(
-                items,
-                neighbours=neighbour_items,
-                similarity=similarity,
-                own_positives=own_positives,
-            )
-        # (B, 2, L, K): each context item's neighbour weights, split into liked and disliked
-        contributions = weights.unsqueeze(-1) * similarity.unsqueeze(1)
-        affinity = torch.zeros(batch, 2, self.config.num_items, device=items.device)
-        index = neighbour_items.reshape(batch, 1, -1).expand(-1, 2, -1)
-        affinity.scatter_add_(2, index, contributions.reshape(batch, 2, -1))
-        closest = torch.zeros(batch, self.config.num_items, device=items.device)
-        closest.scatter_reduce_(
-            1, index[:, 0], contributions[:, 0].reshape(batch, -1), reduce="amax"
+        """Targets x (B, N, X) (or (1, N, X) shared), z (B, Z) or (S, B, Z) -> scores."""
+        return self.decoder(
+            x=x,
+            first=self.decoder.item_part(x) if first is None else first,
+            z=z,
+            task=state.task,
+            affinity=affinity,
         )
-        return torch.cat([affinity / counts, closest.unsqueeze(1)], dim=1)
-
-    def _without_own(
-        self, items: Tensor, *, neighbours: Tensor, similarity: Tensor, own_positives: Tensor
-    ) -> Tensor:
-        own_j = torch.gather(own_positives, 1, items).unsqueeze(-1).float()  # (B, L, 1)
-        own_i = (
-            torch.gather(own_positives, 1, neighbours.reshape(items.shape[0], -1))
-            .reshape(neighbours.shape)
-            .float()
-        )  # (B, L, K)
-        count_j = self.item_popularity[items].unsqueeze(-1)
-        count_i = self.item_popularity[neighbours]
-        shared = (similarity * torch.sqrt(count_i * count_j) - own_i * own_j).clamp_min(0.0)
-        rest = (count_i - own_i) * (count_j - own_j)
-        return torch.where(rest > 0, shared / torch.sqrt(rest.clamp_min(1e-8)), 0.0)
-
-    def decode(self, x: Tensor, *, z: Tensor, state: TaskState, items: Tensor | None) -> Tensor:
-        """Targets x (B, N, X) with ids items (B, N), z (B, Z) -> scores (B, N); items None
-        when the state's affinity is already aligned with the targets."""
-        first = self.decoder.first_layer_item_part(x)
-        return self.decoder.forward_from_first(
-            first, z=z, task=state.task, affinity=target_affinity(state, items)
-        )
-
-    def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
-        """q(z | points): the latent path alone, used for the posterior over targets."""
-        return self.latent_head(self.latent_encoder(x, labels, mask))
 
     def forward(
         self,
@@ -543,65 +486,49 @@ class TaNP(nn.Module):
         target_labels: Tensor | None = None,
         target_mask: Tensor | None = None,
         users: Tensor | None = None,
-        own_positives: Tensor | None = None,
         sample: bool = False,
+        noise: Tensor | None = None,
+        affinity_keep: Tensor | None = None,
     ) -> TaNPOutput:
-        """Score targets given a context; with target labels also return q(z | target).
+        """Score targets (B, W) given a context (B, L).
 
-        Training (the reference): sample=True with target labels draws z from q(z | target).
-        Inference: sample=False uses the mean of q(z | context), so scores are deterministic.
-        own_positives (B, N) bool marks training users' own positives (see support_affinity).
+        With target labels, target_mask (B, W) marks the labelled targets (unmarked ones, e.g.
+        sampled negatives, are only scored) and the output carries the posterior
+        q(z | context and labelled targets). Training (the reference): sample=True draws z
+        from that posterior. Inference: sample=False uses the mean of q(z | context), so scores
+        are deterministic. The random parts can be handed in (a trainer that shards a batch
+        over processes draws them for the whole batch): noise (B, Z) ~ N(0, I) for z, and
+        affinity_keep (B,) bool for the affinity dropout (drawn here in training mode if None).
         """
         context_x = self.point_inputs(context_items, users)
-        # training passes one point set for both (context and target are masks over it): each
-        # point is then embedded and encoded once for the prior and the posterior
-        shared = target_items is context_items and target_labels is context_labels
-        target_x = context_x if shared else self.point_inputs(target_items, users)
-        pairs = self.latent_encoder.encode_pairs(context_x, context_labels) if shared else None
+        target_x = self.point_inputs(target_items, users)
         state = self.encode(
-            x=context_x,
-            labels=context_labels,
-            mask=context_mask,
-            items=context_items,
-            own_positives=own_positives,
-            latent_pairs=pairs,
-            targets=target_items,
+            x=context_x, labels=context_labels, mask=context_mask, items=context_items
         )
         posterior = None
         if target_labels is not None:
             if target_mask is None:
                 target_mask = torch.ones_like(target_labels, dtype=torch.bool)
-            if pairs is not None:
-                posterior = self.latent_head(self.latent_encoder.aggregate(pairs, target_mask))
-            else:
-                posterior = self.latent(target_x, target_labels, target_mask)
-        source = posterior if posterior is not None else state.prior
-        z = reparameterise(source) if sample else source.mu
-        # the state's affinity already covers exactly the targets
-        prediction = self.decode(target_x, z=z, state=state, items=None)
+            posterior = self.latent(
+                torch.cat([context_x, target_x], dim=1),
+                torch.cat([context_labels, target_labels], dim=1),
+                torch.cat([context_mask, target_mask], dim=1),
+            )
+        source = posterior if posterior is not None and sample else state.prior
+        if not sample:
+            z = source.mu
+        elif noise is None:
+            z = reparameterise(source)
+        else:
+            z = source.mu + torch.exp(0.5 * source.logvar) * noise
+        affinity = self.target_affinity(state, target_items)
+        if affinity is not None and self.training and self.config.affinity_dropout > 0:
+            if affinity_keep is None:
+                drawn = torch.rand(affinity.shape[0], device=affinity.device)
+                affinity_keep = drawn >= self.config.affinity_dropout
+            affinity = affinity * affinity_keep.to(affinity.dtype)[:, None, None]
+        prediction = self.decode(x=target_x, z=z, state=state, affinity=affinity)
         return TaNPOutput(prediction, state.prior, posterior, state.assignment)
-
-
-def trailing_trim(mask: Tensor) -> int:
-    """Number of leading point columns that hold a masked-in point of some episode."""
-    columns = mask.any(0).nonzero()
-    return int(columns[-1]) + 1 if len(columns) else 0
-
-
-def affinity_of(affinity: Tensor, items: Tensor) -> Tensor:
-    """Catalog-wide affinity (B, F, N_catalog) -> the columns of items (B, N): (B, F, N)."""
-    return torch.gather(affinity, 2, items.unsqueeze(1).expand(-1, affinity.shape[1], -1))
-
-
-def target_affinity(state: TaskState, items: Tensor | None) -> Tensor | None:
-    """The affinity features of the targets: (B, N, 3) for items (B, N), or for all the state
-    holds (every catalog item, or the targets named to TaNP.encode) when items is None; None
-    when the model has no neighbour path."""
-    if state.affinity.shape[1] == 0:
-        return None
-    if items is None:
-        return state.affinity.transpose(1, 2)
-    return affinity_of(state.affinity, items).transpose(1, 2)
 
 
 def reparameterise(gaussian: Gaussian, generator: torch.Generator | None = None) -> Tensor:
@@ -609,23 +536,3 @@ def reparameterise(gaussian: Gaussian, generator: torch.Generator | None = None)
     std = torch.exp(0.5 * gaussian.logvar)
     noise = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
     return gaussian.mu + std * noise
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # the reference notebook / train_TaNP.py defaults
-    "reference": {},
-    # the authors' train.sh dimensions
-    "train_sh": {
-        "first_embedding_dim": 32,
-        "second_embedding_dim": 16,
-        "enc_h1_dim": 32,
-        "enc_h2_dim": 16,
-        "taskenc_h1_dim": 32,
-        "taskenc_h2_dim": 32,
-        "taskenc_final_dim": 16,
-        "clusters_k": 10,
-        "dec_h1_dim": 32,
-        "dec_h2_dim": 32,
-        "dec_h3_dim": 16,
-    },
-}

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tanp.model import Gaussian, TaNP, TaskState, reparameterise, target_affinity
+from tanp.model import Gaussian, TaNP, TaskState, reparameterise
 
 MAX_UNCERTAINTY_SAMPLES = 32
 _STATE_MAGIC = b"TNPS"
-# magic, version, z dim, task dim, clusters, affinity rows, items
-_STATE_HEADER = struct.Struct("<4sHIIIII")
-_STATE_VERSION = 2
+# magic, version, z dim, task dim, clusters, support size
+_STATE_HEADER = struct.Struct("<4sHIIII")
+_STATE_VERSION = 3
 
 
 class Scorer:
@@ -34,7 +34,9 @@ class Scorer:
         with torch.inference_mode():
             all_items = torch.arange(self.config.num_items, device=self.device).unsqueeze(0)
             self.item_x = model.point_inputs(all_items)[0]  # (N, X)
-            self.item_first = model.decoder.first_layer_item_part(self.item_x)  # (N, H1)
+            self.item_first = model.decoder.item_part(self.item_x)  # (N, H1)
+            popularity = model.item_popularity.to(torch.float64)
+            self.popular = torch.argsort(-popularity, stable=True)  # (N,) most popular first
 
     @torch.inference_mode()
     def encode(self, *, items: Tensor, labels: Tensor, mask: Tensor | None = None) -> TaskState:
@@ -76,14 +78,39 @@ class Scorer:
         )
         return self._decode(state, reparameterise(expanded, generator), candidates)
 
+    @torch.inference_mode()
+    def candidates(self, state: TaskState, *, count: int) -> Tensor:
+        """The candidate stage for big catalogs, one task (B = 1): up to `count` items (1, C),
+        the liked support items' stored neighbours with the largest summed similarity first,
+        then the most popular items, support items left out. TaNP then scores only these."""
+        mask = state.support_mask[0]
+        support = state.support_items[0][mask]
+        middle = (self.config.label_min + self.config.label_max) / 2
+        liked = support[state.support_labels[0][mask] > middle]
+        affinity = self.model.affinity
+        neighbours = affinity.neighbour_index[liked].reshape(-1)
+        weights = affinity.neighbour_weight[liked].reshape(-1)
+        neighbours, weights = neighbours[weights > 0], weights[weights > 0]
+        unique, inverse = torch.unique(neighbours, return_inverse=True)
+        summed = torch.zeros(unique.shape, device=self.device).index_add_(0, inverse, weights)
+        by_affinity = unique[torch.argsort(-summed, stable=True)]
+        popular = self.popular[: count + support.numel()]
+        merged = torch.cat([by_affinity[: count - count // 4], popular])
+        # the first occurrence of each item, in order, without the support
+        ordered = merged.cpu().numpy()
+        _, first = np.unique(ordered, return_index=True)
+        ordered = ordered[np.sort(first)]
+        ordered = ordered[~np.isin(ordered, support.cpu().numpy())][:count]
+        return torch.from_numpy(ordered).unsqueeze(0).to(self.device)
+
     def _decode(self, state: TaskState, z: Tensor, candidates: Tensor | None) -> Tensor:
         if candidates is None:
-            first = self.item_first.unsqueeze(0)  # (1, N, H1), broadcast over tasks
+            x, first = self.item_x.unsqueeze(0), self.item_first.unsqueeze(0)  # (1, N, .)
         else:
             candidates = candidates.to(self.device)
-            first = self.item_first[candidates]  # (B, C, H1)
-        affinity = target_affinity(state, candidates)
-        return self.model.decoder.forward_from_first(first, z=z, task=state.task, affinity=affinity)
+            x, first = self.item_x[candidates], self.item_first[candidates]  # (B, C, .)
+        affinity = self.model.target_affinity(state, candidates)
+        return self.model.decode(x=x, first=first, z=z, state=state, affinity=affinity)
 
 
 def rank(
@@ -109,16 +136,26 @@ def popularity_ranking(model: TaNP) -> np.ndarray:
 
 
 def pack_state(state: TaskState) -> bytes:
-    """One task's state (B = 1) -> header + raw little-endian float32 bytes."""
-    tensors = (state.prior.mu, state.prior.logvar, state.task, state.assignment, state.affinity)
-    mu, logvar, task, assignment, affinity = (
-        tensor.detach().to("cpu", torch.float32).reshape(-1) for tensor in tensors
-    )
-    rows, items = state.affinity.shape[1], state.affinity.shape[2]
+    """One task's state (B = 1) -> header + raw little-endian bytes: z's mean and log-variance,
+    the task vector and cluster assignment (float32), then the support's item indices (int32)
+    and labels (float32). Its size depends on the support, not on the catalog."""
+    keep = state.support_mask[0].to("cpu")
+    items = state.support_items[0].to("cpu")[keep].to(torch.int32)
+    labels = state.support_labels[0].to("cpu", torch.float32)[keep]
+    floats = [
+        tensor.detach().to("cpu", torch.float32).reshape(-1)
+        for tensor in (state.prior.mu, state.prior.logvar, state.task, state.assignment)
+    ]
     header = _STATE_HEADER.pack(
-        _STATE_MAGIC, _STATE_VERSION, mu.numel(), task.numel(), assignment.numel(), rows, items
+        _STATE_MAGIC,
+        _STATE_VERSION,
+        floats[0].numel(),
+        floats[2].numel(),
+        floats[3].numel(),
+        items.numel(),
     )
-    body = torch.cat([mu, logvar, task, assignment, affinity]).numpy().astype("<f4").tobytes()
+    body = torch.cat([*floats]).numpy().astype("<f4").tobytes()
+    body += items.numpy().astype("<i4").tobytes() + labels.numpy().astype("<f4").tobytes()
     return header + body
 
 
@@ -126,21 +163,28 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
     """Inverse of `pack_state`; raises ValueError on any malformed payload."""
     if len(payload) < _STATE_HEADER.size:
         raise ValueError("task state payload too short")
-    magic, version, z_dim, task_dim, clusters, rows, items = _STATE_HEADER.unpack_from(payload)
+    magic, version, z_dim, task_dim, clusters, support = _STATE_HEADER.unpack_from(payload)
     if magic != _STATE_MAGIC or version != _STATE_VERSION:
         raise ValueError("task state payload has an unknown header")
-    expected = _STATE_HEADER.size + 4 * (2 * z_dim + task_dim + clusters + rows * items)
+    floats = 2 * z_dim + task_dim + clusters
+    expected = _STATE_HEADER.size + 4 * (floats + 2 * support)
     if len(payload) != expected:
         raise ValueError(f"task state payload has {len(payload)} bytes, expected {expected}")
-    values = torch.from_numpy(
-        np.frombuffer(payload, dtype="<f4", offset=_STATE_HEADER.size).astype(np.float32)
-    ).to(device)
-    mu, logvar, task, assignment, affinity = torch.split(
-        values, [z_dim, z_dim, task_dim, clusters, rows * items]
+    offset = _STATE_HEADER.size
+    values = np.frombuffer(payload, dtype="<f4", count=floats, offset=offset).astype(np.float32)
+    offset += 4 * floats
+    items = np.frombuffer(payload, dtype="<i4", count=support, offset=offset).astype(np.int64)
+    offset += 4 * support
+    labels = np.frombuffer(payload, dtype="<f4", count=support, offset=offset).astype(np.float32)
+    mu, logvar, task, assignment = torch.split(
+        torch.from_numpy(values).to(device), [z_dim, z_dim, task_dim, clusters]
     )
+    item_tensor = torch.from_numpy(items).to(device).unsqueeze(0)
     return TaskState(
         Gaussian(mu.unsqueeze(0), logvar.unsqueeze(0)),
         task.unsqueeze(0),
         assignment.unsqueeze(0),
-        affinity.reshape(1, rows, items),
+        item_tensor,
+        torch.from_numpy(labels).to(device).unsqueeze(0),
+        torch.ones_like(item_tensor, dtype=torch.bool),
     )

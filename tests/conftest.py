@@ -5,8 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.synthetic import write_interactions_csv
+
+# The test models are tiny: one intra-op thread is as fast, never spins against the other
+# processes a test starts (servers, torchrun), and keeps each run on one float trajectory.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

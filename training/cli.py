@@ -8,17 +8,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tanp.checkpoint import CheckpointError
+from tanp.checkpoint import CheckpointError, resolve_device
 from tanp.model import TaNPConfig
-from training.data import DataError, load_interactions
+from training.config import DEFAULT_PRESET, PRESETS, TrainConfig, preset_configs
+from training.data import DataError, DataFormat, load_interactions
 from training.episodes import Prepared, load_prepared, prepare, save_prepared
-from training.presets import DEFAULT_PRESET, PRESETS, preset_configs
-from training.trainer import EpochRecord, TrainConfig
+from training.trainer import EpochRecord
 
 logger = logging.getLogger("tanp-train")
 
@@ -33,14 +34,15 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
         default="auto",
         choices=["auto", "ratings", "hetrec", "generic"],
     )
-    parser.add_argument("--split", default="tanp", choices=["tanp", "random"])
+    parser.add_argument("--split", default="tanp", choices=["tanp", "random", "hetrec-median"])
     parser.add_argument("--seed", type=int, default=2020, help="user split seed for --split random")
 
 
 def _load(args: argparse.Namespace) -> Prepared:
     if getattr(args, "prep", None):
         return load_prepared(args.prep)
-    interactions = load_interactions(args.data, args.data_format)
+    data_format: DataFormat = "hetrec-median" if args.split == "hetrec-median" else args.data_format
+    interactions = load_interactions(args.data, data_format)
     directory = args.data if args.data.is_dir() else None
     return prepare(interactions, split=args.split, seed=args.seed, directory=directory)
 
@@ -75,10 +77,29 @@ def command_prepare(args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from training.run import train_run
-
     if args.data is None and args.prep is None:
         raise DataError("train needs --data DIR or --prep PREP_DIR")
+    distributed = args.distributed or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if not distributed:
+        return _train(args, device=resolve_device(args.device))
+    import torch
+    from torch import distributed as dist
+
+    use_cuda = args.device != "cpu" and torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    try:
+        device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if use_cuda else "cpu")
+        if dist.get_rank() != 0:
+            args.quiet = True
+            logging.getLogger().setLevel(logging.WARNING)
+        return _train(args, device=device)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, *, device: Any) -> int:
+    from training.run import train_run
+
     prepared = _load(args)
     model_config, train_config = _configs(args)
     progress = None
@@ -90,13 +111,18 @@ def command_train(args: argparse.Namespace) -> int:
     def on_epoch(record: EpochRecord) -> None:
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{record.loss:.4f}", valid_ndcg5=f"{record.valid_ndcg5:.4f}")
+            progress.set_postfix(
+                loss=f"{record.loss:.4f}",
+                valid_ndcg5=f"{record.valid_ndcg5:.4f}",
+                valid_recall20=f"{record.valid_recall20:.4f}",
+            )
         elif record.epoch % 10 == 0:
             logger.info(
-                "epoch %d loss %.4f valid NDCG@5 %.4f",
+                "epoch %d loss %.4f valid NDCG@5 %.4f Recall@20 %.4f",
                 record.epoch,
                 record.loss,
                 record.valid_ndcg5,
+                record.valid_recall20,
             )
 
     metrics = train_run(
@@ -106,23 +132,30 @@ def command_train(args: argparse.Namespace) -> int:
         model_config=model_config,
         train=train_config,
         on_epoch=on_epoch,
+        device=device,
     )
     if progress is not None:
         progress.close()
+    if metrics is None:
+        return 0  # not rank 0: rank 0 evaluates and writes
     test = metrics["test"]
     logger.info(
-        "best epoch %d of %d in %.1f s; test NDCG@5 %.4f P@5 %.4f Recall@20 %.4f "
-        "(popularity %.4f, item-kNN %.4f); wrote %s",
+        "best epoch %d of %d in %.1f s; test NDCG@5 %.4f Recall@20 %.4f; wrote %s",
         metrics["best_epoch"],
         metrics["epochs_run"],
         metrics["train_seconds"],
         test["paper"]["NDCG@5"],
-        test["paper"]["P@5"],
         test["catalog"]["Recall@20"],
-        metrics["baselines"]["popularity"]["test"]["paper"]["NDCG@5"],
-        metrics["baselines"]["item_knn"]["test"]["paper"]["NDCG@5"],
         args.out,
     )
+    for name, entry in [*metrics["baselines"].items(), *metrics["ablations"].items()]:
+        difference = entry["difference"]
+        logger.info(
+            "model - %s: NDCG@5 %+.4f [%+.4f, %+.4f] (%s), Recall@20 %+.4f [%+.4f, %+.4f] (%s)",
+            name,
+            *(difference["NDCG@5"][key] for key in ("mean", "low", "high", "verdict")),
+            *(difference["Recall@20"][key] for key in ("mean", "low", "high", "verdict")),
+        )
     return 0
 
 
@@ -165,6 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_parser.add_argument(
         "--quiet", action="store_true", help="log lines instead of a progress bar"
+    )
+    train_parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (under torchrun: LOCAL_RANK)"
+    )
+    train_parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="DistributedDataParallel over the processes torchrun started (implied when "
+        "WORLD_SIZE > 1): gloo on CPU, nccl on GPU; rank 0 selects and writes",
     )
     train_parser.set_defaults(handler=command_train)
 

@@ -19,11 +19,12 @@ import numpy as np
 
 from tanp.checkpoint import sha256_file
 
-DataFormat = Literal["auto", "ratings", "hetrec", "generic"]
+DataFormat = Literal["auto", "ratings", "hetrec", "hetrec-median", "generic"]
 RATINGS_FILE = "ratings_final.txt"
 HETREC_INTERACTIONS = "user_artists.dat"
 KG_ITEM_INDEX = "item_index2entity_id.txt"
 ARTISTS_FILE = "artists.dat"
+TAGGED_FILE = "user_taggedartists.dat"
 KGCN_NEGATIVE_SEED = 555
 
 
@@ -39,10 +40,24 @@ def positive_threshold(label_min: float, label_max: float) -> float:
 
 
 @dataclass(frozen=True)
+class TagAssignments:
+    """(user, item, tag) rows: a user put a tag on an item (HetRec user_taggedartists.dat).
+
+    users/items index the Interactions' user_ids/item_ids; tags index 0..count-1. Item content
+    for the model is built from the train users' rows only (training.item_stats)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    tags: np.ndarray
+    count: int
+
+
+@dataclass(frozen=True)
 class Interactions:
     """All (user, item, label) rows with dense internal indices.
 
     users/items index `user_ids`/`item_ids` (external ids, strings); rows keep file order.
+    item_names/item_urls come from artists.dat when present; tags from user_taggedartists.dat.
     """
 
     user_ids: list[str]
@@ -52,6 +67,8 @@ class Interactions:
     labels: np.ndarray
     item_names: list[str] | None
     source: dict[str, object] = field(default_factory=dict)
+    item_urls: list[str] | None = None
+    tags: TagAssignments | None = None
 
     @property
     def label_min(self) -> float:
@@ -154,10 +171,65 @@ def _interactions(
 
 def load_artist_names(directory: Path) -> dict[str, str]:
     """HetRec artistID -> name from artists.dat (empty when the file is absent)."""
+    return {artist: name for artist, (name, _) in load_artists(directory).items()}
+
+
+def load_artists(directory: Path) -> dict[str, tuple[str, str]]:
+    """HetRec artistID -> (name, url) from artists.dat (empty when the file is absent)."""
     path = directory / ARTISTS_FILE
     if not path.is_file():
         return {}
-    return {row[0]: row[1] for row in _read_rows(path, columns=2, header=True)}
+    return {
+        row[0]: (row[1], row[2] if len(row) > 2 else "")
+        for row in _read_rows(path, columns=2, header=True)
+    }
+
+
+def with_artists(data: Interactions, directory: Path, *, artist_of_item: list[str]) -> Interactions:
+    """Names and URLs of the items from artists.dat (item i is HetRec artist artist_of_item[i])."""
+    artists = load_artists(directory)
+    if not artists:
+        return data
+    known = [artists.get(artist, (artist, "")) for artist in artist_of_item]
+    return replace(
+        data, item_names=[name for name, _ in known], item_urls=[url for _, url in known]
+    )
+
+
+def with_tags(
+    data: Interactions, directory: Path, *, artist_of_item: list[str], hetrec_user_of: list[str]
+) -> Interactions:
+    """Tag assignments of user_taggedartists.dat between the data's users and items (item i is
+    artist artist_of_item[i], user u is HetRec user hetrec_user_of[u]); unchanged when absent."""
+    path = directory / TAGGED_FILE
+    if not path.is_file():
+        return data
+    item_of = {artist: index for index, artist in enumerate(artist_of_item)}
+    user_of = {user: index for index, user in enumerate(hetrec_user_of)}
+    users, items, tags = [], [], []
+    for number, row in enumerate(_read_rows(path, columns=3, header=True), start=2):
+        user, item = user_of.get(row[0]), item_of.get(row[1])
+        if user is not None and item is not None:
+            users.append(user)
+            items.append(item)
+            tags.append(_int(row[2], path=path, line=number, column="tagID"))
+    if not tags:
+        return data
+    vocabulary, tag_index = np.unique(np.asarray(tags), return_inverse=True)
+    assignments = TagAssignments(
+        users=np.asarray(users, dtype=np.int64),
+        items=np.asarray(items, dtype=np.int64),
+        tags=tag_index.astype(np.int64),
+        count=int(vocabulary.size),
+    )
+    return replace(data, tags=assignments)
+
+
+def kg_hetrec_users(directory: Path, artists: set[str]) -> list[str]:
+    """HetRec userIDs with at least one of the given artists, ascending: ratings_final's user u
+    is the u-th of them (data README, section 2)."""
+    rows = _read_rows(directory / HETREC_INTERACTIONS, columns=3, header=True)
+    return [str(user) for user in sorted({int(row[0]) for row in rows if row[1] in artists})]
 
 
 def load_kg_item_index(directory: Path) -> list[str]:
@@ -187,15 +259,23 @@ def load_ratings_final(directory: Path) -> Interactions:
         labels,
         source={"format": "ratings", "files": [path.name], "sha256": fingerprint([path])},
     )
-    if not ((directory / KG_ITEM_INDEX).is_file() and (directory / ARTISTS_FILE).is_file()):
+    if not (directory / KG_ITEM_INDEX).is_file():
         return data
     artists = load_kg_item_index(directory)
-    artist_names = load_artist_names(directory)
-    names = [
-        artist_names.get(artists[int(item)], item) if int(item) < len(artists) else item
-        for item in data.item_ids
+    artist_of_item = [
+        artists[int(item)] if int(item) < len(artists) else item for item in data.item_ids
     ]
-    return replace(data, item_names=names)
+    data = with_artists(data, directory, artist_of_item=artist_of_item)
+    if (directory / HETREC_INTERACTIONS).is_file():
+        hetrec_users = kg_hetrec_users(directory, set(artists))
+        if len(hetrec_users) >= len(data.user_ids):
+            data = with_tags(
+                data,
+                directory,
+                artist_of_item=artist_of_item,
+                hetrec_user_of=[hetrec_users[int(user)] for user in data.user_ids],
+            )
+    return data
 
 
 def load_hetrec(directory: Path) -> Interactions:
@@ -237,23 +317,52 @@ def load_hetrec(directory: Path) -> Interactions:
         items.extend(liked)
         items.extend(int(item) for item in negatives)
         labels.extend([1.0] * len(liked) + [0.0] * count)
-    artist_names = load_artist_names(directory)
     files = [interactions_path, *([directory / KG_ITEM_INDEX] if has_kg_index else [])]
-    return Interactions(
+    data = Interactions(
         user_ids=[str(user) for user in user_ids],
         item_ids=list(artists),
         users=np.asarray(users, dtype=np.int64),
         items=np.asarray(items, dtype=np.int64),
         labels=np.asarray(labels, dtype=np.float32),
-        item_names=[artist_names.get(artist, artist) for artist in artists]
-        if artist_names
-        else None,
+        item_names=None,
         source={
             "format": "hetrec",
             "files": [path.name for path in files],
             "sha256": fingerprint(files),
         },
     )
+    data = with_artists(data, directory, artist_of_item=list(artists))
+    return with_tags(data, directory, artist_of_item=list(artists), hetrec_user_of=data.user_ids)
+
+
+def load_hetrec_median(directory: Path) -> Interactions:
+    """Raw HetRec `user_artists.dat` over all its artists, no sampled negatives: label 1 when
+    the play count is at least that user's median play count, else 0 (`--split hetrec-median`).
+
+    Item ids are HetRec artist ids (names from artists.dat), user ids HetRec user ids."""
+    path = directory / HETREC_INTERACTIONS
+    rows = _read_rows(path, columns=3, header=True)
+    users, items, plays = [], [], []
+    for number, row in enumerate(rows, start=2):
+        users.append(str(_int(row[0], path=path, line=number, column="userID")))
+        items.append(str(_int(row[1], path=path, line=number, column="artistID")))
+        plays.append(float(_int(row[2], path=path, line=number, column="weight")))
+    data = _interactions(
+        users,
+        items,
+        [0.0] * len(users),
+        source={"format": "hetrec-median", "files": [path.name], "sha256": fingerprint([path])},
+    )
+    weights = np.asarray(plays)
+    order = np.argsort(data.users, kind="stable")
+    bounds = np.searchsorted(data.users[order], np.arange(len(data.user_ids) + 1))
+    labels = np.zeros(len(weights), dtype=np.float32)
+    for user in range(len(data.user_ids)):
+        rows_of_user = order[bounds[user] : bounds[user + 1]]
+        median = np.median(weights[rows_of_user])
+        labels[rows_of_user] = (weights[rows_of_user] >= median).astype(np.float32)
+    data = with_artists(replace(data, labels=labels), directory, artist_of_item=data.item_ids)
+    return with_tags(data, directory, artist_of_item=data.item_ids, hetrec_user_of=data.user_ids)
 
 
 def load_generic(path: Path) -> Interactions:
@@ -300,6 +409,8 @@ def load_interactions(data: Path, data_format: DataFormat = "auto") -> Interacti
         raise DataError(f"{data}: no such file or directory")
     if data_format == "generic" or (data_format == "auto" and data.is_file()):
         return load_generic(data)
+    if data_format == "hetrec-median":
+        return load_hetrec_median(data)
     if data_format == "ratings" or (data_format == "auto" and (data / RATINGS_FILE).is_file()):
         return load_ratings_final(data)
     if data_format == "hetrec" or (

@@ -2,7 +2,9 @@
 
 `--split tanp` reads the authors' shipped users and episodes exactly; `--split random` redraws
 them with the authors' recipe (70/10/20 users; users with 30..200 interactions get an episode;
-support 20, query = the rest; test interactions with items no train user has are dropped first).
+support 20, query = the rest; test interactions with items no train user has are dropped first);
+`--split hetrec-median` is the same recipe over raw HetRec with median-play labels
+(training.data.load_hetrec_median) and users with 40..200 artists.
 Saved as one npz + one JSON, never pickles.
 """
 
@@ -15,15 +17,16 @@ from typing import Literal
 
 import numpy as np
 
-from training.data import DataError, Interactions
+from training.data import DataError, Interactions, TagAssignments
 
-SplitName = Literal["tanp", "random"]
+SplitName = Literal["tanp", "random", "hetrec-median"]
 SPLITS = ("train", "valid", "test")
 TANP_USER_SPLIT = "tanp_user_split.tsv"
 TANP_EPISODES = "tanp_split.tsv"
 SUPPORT_SIZE = 20
 MIN_INTERACTIONS = 30
 MAX_INTERACTIONS = 200
+HETREC_MEDIAN_MIN_INTERACTIONS = 40
 
 
 @dataclass(frozen=True)
@@ -160,8 +163,15 @@ def _columns(pairs: list[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
     )
 
 
-def random_split(interactions: Interactions, *, seed: int) -> Prepared:
-    """The authors' recipe with a fresh seed: users shuffled 70/10/20, then episodes."""
+def random_split(
+    interactions: Interactions,
+    *,
+    seed: int,
+    min_interactions: int = MIN_INTERACTIONS,
+    name: str = "random",
+) -> Prepared:
+    """The authors' recipe with a fresh seed: users shuffled 70/10/20, then episodes for the
+    users with min_interactions..200 interactions."""
     rng = np.random.default_rng(seed)
     users = rng.permutation(len(interactions.user_ids))
     train_count = int(len(users) * 0.7)
@@ -180,7 +190,7 @@ def random_split(interactions: Interactions, *, seed: int) -> Prepared:
             rows = rows_of[user]
             if split_name == "test":
                 rows = rows[train_items[interactions.items[rows]]]
-            if not MIN_INTERACTIONS <= len(rows) <= MAX_INTERACTIONS:
+            if not min_interactions <= len(rows) <= MAX_INTERACTIONS:
                 continue
             rows = rows[rng.permutation(len(rows))]
             items, labels = interactions.items[rows], interactions.labels[rows]
@@ -190,7 +200,7 @@ def random_split(interactions: Interactions, *, seed: int) -> Prepared:
         episodes[split_name] = EpisodeSet.from_lists(
             users=owners, supports=supports, queries=queries
         )
-    return Prepared(interactions, "random", seed, user_split, episodes)
+    return Prepared(interactions, name, seed, user_split, episodes)
 
 
 def prepare(
@@ -200,6 +210,15 @@ def prepare(
         if directory is None or not directory.is_dir():
             raise DataError("--split tanp needs --data to be the directory holding tanp_split.tsv")
         return tanp_split(interactions, directory)
+    if split == "hetrec-median":
+        if interactions.source.get("format") != "hetrec-median":
+            raise DataError("--split hetrec-median needs the raw HetRec user_artists.dat")
+        return random_split(
+            interactions,
+            seed=seed,
+            min_interactions=HETREC_MEDIAN_MIN_INTERACTIONS,
+            name="hetrec-median",
+        )
     return random_split(interactions, seed=seed)
 
 
@@ -239,6 +258,9 @@ def save_prepared(prepared: Prepared, out: Path) -> None:
     for split_name, episodes in prepared.episodes.items():
         for key, value in vars(episodes).items():
             arrays[f"{split_name}__{key}"] = value
+    tags = prepared.interactions.tags
+    if tags is not None:
+        arrays.update(tag_users=tags.users, tag_items=tags.items, tag_tags=tags.tags)
     np.savez_compressed(out / "episodes.npz", **arrays)  # type: ignore[arg-type]
     meta = {
         "split": prepared.split,
@@ -246,6 +268,8 @@ def save_prepared(prepared: Prepared, out: Path) -> None:
         "user_ids": prepared.interactions.user_ids,
         "item_ids": prepared.interactions.item_ids,
         "item_names": prepared.interactions.item_names,
+        "item_urls": prepared.interactions.item_urls,
+        "tag_count": tags.count if tags is not None else None,
         "source": prepared.interactions.source,
         "episodes": {name: len(episodes) for name, episodes in prepared.episodes.items()},
     }
@@ -270,6 +294,15 @@ def load_prepared(directory: Path) -> Prepared:
         labels=values["labels"],
         item_names=meta["item_names"],
         source=meta["source"],
+        item_urls=meta.get("item_urls"),
+        tags=TagAssignments(
+            users=values["tag_users"],
+            items=values["tag_items"],
+            tags=values["tag_tags"],
+            count=int(meta["tag_count"]),
+        )
+        if meta.get("tag_count") is not None
+        else None,
     )
     fields = list(EpisodeSet.__dataclass_fields__)
     episodes = {

@@ -6,10 +6,12 @@ matrices. Query labels are read only here, after scoring.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 
-from tanp.model import TaNP, TaskState
+from tanp.model import Gaussian, TaNP, TaskState
 from tanp.scoring import Scorer, rank
 from training.episodes import EpisodeSet
 from training.metrics import catalog_metrics, mean_metrics, paper_metrics, standard_metrics
@@ -17,12 +19,43 @@ from training.metrics import catalog_metrics, mean_metrics, paper_metrics, stand
 Blocks = dict[str, dict[str, float]]
 
 
-def _support_state(scorer: Scorer, episodes: EpisodeSet) -> TaskState:
+TaskEdit = Literal["mean_task", "shuffled_task"]
+
+
+def _support_state(scorer: Scorer, episodes: EpisodeSet, edit: TaskEdit | None = None) -> TaskState:
     width = int(episodes.support_len.max()) if len(episodes) else 0
     items = torch.from_numpy(episodes.support_items[:, :width])
     labels = torch.from_numpy(episodes.support_labels[:, :width])
     mask = torch.arange(width)[None, :] < torch.from_numpy(episodes.support_len)[:, None]
-    return scorer.encode(items=items, labels=labels, mask=mask)
+    state = scorer.encode(items=items, labels=labels, mask=mask)
+    return state if edit is None else edited_task(state, edit)
+
+
+def state_rows(state: TaskState, rows: slice) -> TaskState:
+    """The tasks `rows` of a batched TaskState."""
+    prior = Gaussian(state.prior.mu[rows], state.prior.logvar[rows])
+    return TaskState(
+        prior,
+        state.task[rows],
+        state.assignment[rows],
+        state.support_items[rows],
+        state.support_labels[rows],
+        state.support_mask[rows],
+    )
+
+
+def edited_task(state: TaskState, edit: TaskEdit) -> TaskState:
+    """The adaptation ablations of SPEC section 4: every user's z (q(z | support)) and task
+    state (task vector, cluster assignment) replaced by the mean over the users (`mean_task`)
+    or by the next user's (`shuffled_task`, a cyclic shift). The support itself, and so the
+    neighbour affinity, is left as it is."""
+    tensors = (state.prior.mu, state.prior.logvar, state.task, state.assignment)
+    if edit == "mean_task":
+        edited = [tensor.mean(0, keepdim=True).expand_as(tensor) for tensor in tensors]
+    else:
+        edited = [tensor.roll(1, dims=0) for tensor in tensors]
+    mu, logvar, task, assignment = edited
+    return state._replace(prior=Gaussian(mu, logvar), task=task, assignment=assignment)
 
 
 def _score(
@@ -38,14 +71,28 @@ def _score(
 
 
 def tanp_scores(
-    model: TaNP, episodes: EpisodeSet, *, samples: int = 0, seed: int = 0
+    model: TaNP,
+    episodes: EpisodeSet,
+    *,
+    samples: int = 0,
+    seed: int = 0,
+    edit: TaskEdit | None = None,
+    batch: int = 64,
 ) -> np.ndarray:
     """(E, items) scores from the support sets alone; z = posterior mean, or the mean score
-    over `samples` draws of z when samples > 0."""
+    over `samples` draws of z when samples > 0; `edit` applies an adaptation ablation.
+    Episodes are decoded `batch` at a time (the (batch, items, hidden) activations)."""
     scorer = Scorer(model)
-    return _score(
-        scorer, _support_state(scorer, episodes), candidates=None, samples=samples, seed=seed
-    )
+    state = _support_state(scorer, episodes, edit)
+    parts = []
+    for start in range(0, len(episodes), batch):
+        rows = slice(start, start + batch)
+        parts.append(
+            _score(
+                scorer, state_rows(state, rows), candidates=None, samples=samples, seed=seed + start
+            )
+        )
+    return np.concatenate(parts) if parts else np.zeros((0, model.config.num_items), np.float32)
 
 
 def query_scores(

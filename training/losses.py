@@ -1,23 +1,26 @@
-"""TaNP training losses: masked MSE + KL(q(z|target) || q(z|context)) + lambda * clustering KL.
+"""TaNP training losses: pointwise (MSE or BCE on the labelled targets) + listwise (softmax of
+the positives against every scored target) + KL(q(z|target) || q(z|context)) + lambda * the
+clustering KL.
 
 The model stays pure; these functions read its typed output.
 """
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from tanp.model import Gaussian, TaNPOutput
-
-ClusteringTarget = Literal["dec", "reference"]
+from training.config import ClusteringTarget, PointwiseLoss
 
 
 class LossParts(NamedTuple):
     total: Tensor
-    mse: Tensor
+    pointwise: Tensor
+    listwise: Tensor
     kl: Tensor
     clustering: Tensor
 
@@ -56,22 +59,63 @@ def clustering_loss(assignment: Tensor, *, target: ClusteringTarget) -> Tensor:
     ).sum() / assignment.shape[0]
 
 
+def pointwise_loss(
+    prediction: Tensor, labels: Tensor, mask: Tensor, *, kind: PointwiseLoss
+) -> Tensor:
+    """Per task (B,): masked mean over the labelled targets of (prediction - label)^2 (`mse`,
+    the reference's) or of the binary cross-entropy of sigmoid(prediction) against the label
+    (`bce`; labels already scaled to [0, 1])."""
+    weights = mask.to(prediction.dtype)
+    if kind == "mse":
+        losses = (prediction - labels) ** 2
+    else:
+        losses = F.binary_cross_entropy_with_logits(prediction, labels, reduction="none")
+    return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def listwise_loss(prediction: Tensor, *, positive: Tensor, candidates: Tensor) -> Tensor:
+    """Per task (B,): -mean over the positive targets of log softmax(prediction) over the
+    candidate targets (the multinomial likelihood of the positives, as Mult-VAE); 0 for a task
+    without positives. positive, candidates (B, W) bool; positives must be candidates."""
+    logits = prediction.masked_fill(~candidates, float("-inf"))
+    log_probability = torch.log_softmax(logits, dim=1).masked_fill(~positive, 0.0)
+    return -log_probability.sum(1) / positive.sum(1).clamp_min(1)
+
+
 def tanp_loss(
     output: TaNPOutput,
     *,
     target_labels: Tensor,
     target_mask: Tensor,
+    positive: Tensor,
+    candidates: Tensor,
+    pointwise: PointwiseLoss,
+    pointwise_weight: float,
+    listwise_weight: float,
+    kl_weight: float,
     clustering_weight: float,
     clustering_target: ClusteringTarget = "dec",
-    kl_weight: float = 1.0,
 ) -> LossParts:
-    """Mean over tasks of (masked MSE + KL) plus the weighted clustering loss."""
+    """Mean over tasks of (pointwise + listwise + KL) plus the weighted clustering loss.
+
+    target_labels (B, W) scaled to [0, 1]; target_mask marks the labelled targets, positive the
+    relevant ones, candidates every scored target that may be ranked (not padding, not a
+    support item)."""
     if output.posterior is None:
         raise ValueError("the training loss needs q(z | target): call the model with target labels")
-    weights = target_mask.to(output.prediction.dtype)
-    squared = (output.prediction - target_labels) ** 2 * weights
-    mse = squared.sum(1) / weights.sum(1).clamp_min(1.0)  # (B,)
+    zero = output.prediction.new_zeros(output.prediction.shape[0])
+    point = (
+        pointwise_loss(output.prediction, target_labels, target_mask, kind=pointwise)
+        if pointwise_weight
+        else zero
+    )
+    listing = (
+        listwise_loss(output.prediction, positive=positive, candidates=candidates)
+        if listwise_weight
+        else zero
+    )
     kl = gaussian_kl(output.posterior, output.prior)  # (B,)
     clustering = clustering_loss(output.assignment, target=clustering_target)
-    total = (mse + kl_weight * kl).mean() + clustering_weight * clustering
-    return LossParts(total, mse.mean(), kl.mean(), clustering)
+    per_task = pointwise_weight * point + listwise_weight * listing + kl_weight * kl
+    total = per_task.mean() + clustering_weight * clustering
+    return LossParts(total, point.mean(), listing.mean(), kl.mean(), clustering)

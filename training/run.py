@@ -1,7 +1,9 @@
 """One training run end to end: data -> episodes -> train -> evaluate -> run directory.
 
 A run directory is one model version: model.safetensors + manifest.json (tanp.checkpoint),
-metrics.json (SPEC section 5 shape), history.csv and curves.png.
+metrics.json (SPEC section 5 shape), history.csv and curves.png. The evaluation is the strict
+one of SPEC section 4: the tuned baselines on the same test episodes, the model's paired
+differences to each (bootstrap 95 % intervals over test users), and the adaptation ablations.
 """
 
 from __future__ import annotations
@@ -10,20 +12,105 @@ import csv
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.model import TaNP, TaNPConfig
-from training.baselines import item_knn_scores, popularity_scores
+from training.baselines import Baselines, TunedBaseline
+from training.compare import HEADLINE, paired_difference, per_user_headline
+from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared
-from training.evaluate import Blocks, evaluate_scores, tanp_scores
-from training.trainer import EpochRecord, TrainConfig, TrainResult, train_model
+from training.evaluate import Blocks, TaskEdit, evaluate_scores, tanp_scores
+from training.features_lr import tuned_features_lr
+from training.trainer import EpochRecord, Shard, TrainResult, train_model
 
 logger = logging.getLogger(__name__)
+
+ABLATIONS: tuple[TaskEdit, ...] = ("mean_task", "shuffled_task")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One scorer on the test episodes: its metric blocks and per-user headline values."""
+
+    blocks: Blocks
+    per_user: dict[str, np.ndarray]
+
+
+def score(episodes: EpisodeSet, scores: np.ndarray, *, threshold: float) -> Scored:
+    return Scored(
+        evaluate_scores(episodes, scores, threshold=threshold),
+        per_user_headline(episodes, scores, threshold=threshold),
+    )
+
+
+def differences(model: Scored, other: Scored) -> dict[str, dict[str, Any]]:
+    """Paired model - other per headline metric, with the 95 % interval and the verdict."""
+    return {
+        key: paired_difference([model.per_user[key]], [other.per_user[key]]).to_dict()
+        for key in HEADLINE
+    }
+
+
+@dataclass(frozen=True)
+class TestReport:
+    """Everything the test users say about one trained model."""
+
+    model: Scored
+    baselines: dict[str, tuple[TunedBaseline, Scored]]
+    ablations: dict[str, Scored]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "baselines": {
+                name: {
+                    "setting": tuned.setting,
+                    "test": scored.blocks,
+                    "difference": differences(self.model, scored),
+                }
+                for name, (tuned, scored) in self.baselines.items()
+            },
+            "ablations": {
+                name: {"test": scored.blocks, "difference": differences(self.model, scored)}
+                for name, scored in self.ablations.items()
+            },
+        }
+
+
+def test_report(prepared: Prepared, result: TrainResult, *, samples: int = 0) -> TestReport:
+    """Score the trained model, its ablations and every tuned baseline on the test users."""
+    episodes = prepared.episodes["test"]
+    threshold = prepared.interactions.positive_threshold
+
+    def scored(scores: np.ndarray) -> Scored:
+        return score(episodes, scores, threshold=threshold)
+
+    model = scored(tanp_scores(result.model, episodes, samples=samples))
+    tuned = Baselines(prepared).all_tuned()
+    if result.model.config.item_feature_dim or result.model.config.neighbours:
+        tuned.append(
+            tuned_features_lr(
+                prepared,
+                result.model,
+                profiles=result.data.profiles,
+                fold_tensors=result.data.fold_tensors,
+                full_tensors=result.data.full_tensors,
+                train=result.train,
+            )
+        )
+    return TestReport(
+        model=model,
+        baselines={baseline.name: (baseline, scored(baseline.test_scores)) for baseline in tuned},
+        ablations={
+            edit: scored(tanp_scores(result.model, episodes, samples=samples, edit=edit))
+            for edit in ABLATIONS
+        },
+    )
 
 
 def evaluate_model(
@@ -32,22 +119,6 @@ def evaluate_model(
     return evaluate_scores(
         episodes, tanp_scores(model, episodes, samples=samples), threshold=threshold
     )
-
-
-def evaluate_baselines(prepared: Prepared, episodes: EpisodeSet) -> dict[str, dict[str, Blocks]]:
-    threshold = prepared.interactions.positive_threshold
-    return {
-        "popularity": {
-            "test": evaluate_scores(
-                episodes, popularity_scores(prepared, episodes), threshold=threshold
-            )
-        },
-        "item_knn": {
-            "test": evaluate_scores(
-                episodes, item_knn_scores(prepared, episodes), threshold=threshold
-            )
-        },
-    }
 
 
 def data_provenance(prepared: Prepared, data: Path) -> dict[str, Any]:
@@ -70,16 +141,22 @@ def train_run(
     model_config: TaNPConfig,
     train: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> dict[str, Any]:
-    """Train, evaluate (valid, test, baselines on test) and write the run directory."""
-    result = train_model(prepared, model_config=model_config, train=train, on_epoch=on_epoch)
+    device: torch.device | str = "cpu",
+) -> dict[str, Any] | None:
+    """Train, evaluate (valid, test, tuned baselines, paired differences, ablations) and write
+    the run directory; returns metrics.json's content (None on a torchrun rank other than 0,
+    which only trains)."""
+    result = train_model(
+        prepared, model_config=model_config, train=train, on_epoch=on_epoch, device=device
+    )
+    if Shard.current().rank != 0:
+        return None
+    result = result.on_cpu()
     threshold = prepared.interactions.positive_threshold
     valid = evaluate_model(
         result.model, prepared.episodes["valid"], threshold=threshold, samples=train.eval_samples
     )
-    test = evaluate_model(
-        result.model, prepared.episodes["test"], threshold=threshold, samples=train.eval_samples
-    )
+    report = test_report(prepared, result, samples=train.eval_samples)
     metrics = {
         "model": "tanp",
         "split": prepared.split,
@@ -91,19 +168,21 @@ def train_run(
             float(np.median([h.train_seconds for h in result.history])), 4
         ),
         "valid": valid,
-        "test": test,
-        "baselines": evaluate_baselines(prepared, prepared.episodes["test"]),
+        "test": report.model.blocks,
+        **report.to_dict(),
     }
     out.mkdir(parents=True, exist_ok=True)
+    interactions = prepared.interactions
     save_checkpoint(
         out,
         model=result.model,
-        items=prepared.interactions.item_ids,
-        item_names=prepared.interactions.item_names,
+        items=interactions.item_ids,
+        item_names=interactions.item_names,
+        item_urls=interactions.item_urls,
         version=out.name,
         train_config=train.to_dict(),
         data=data_provenance(prepared, data),
-        metrics=test,
+        metrics=report.model.blocks,
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
     write_history(out / "history.csv", result)
@@ -120,37 +199,56 @@ def write_history(path: Path, result: TrainResult) -> None:
 
 
 def plot_curves(path: Path, result: TrainResult) -> None:
-    """Training loss and validation NDCG@5 per epoch, best epoch marked."""
+    """Training loss and validation NDCG@5 / Recall@20 per epoch, best epoch marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     epochs = [record.epoch for record in result.history]
-    figure, (loss_axis, ndcg_axis) = pyplot.subplots(1, 2, figsize=(10, 3.6))
+    figure, (loss_axis, valid_axis) = pyplot.subplots(1, 2, figsize=(10, 3.6))
     loss_axis.plot(epochs, [record.loss for record in result.history], label="total")
-    loss_axis.plot(epochs, [record.mse for record in result.history], label="MSE")
+    loss_axis.plot(epochs, [record.pointwise for record in result.history], label="pointwise")
+    loss_axis.plot(epochs, [record.listwise for record in result.history], label="listwise")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_title("training loss")
     loss_axis.legend()
-    ndcg_axis.plot(epochs, [record.valid_ndcg5 for record in result.history], color="tab:green")
-    ndcg_axis.axvline(
+    valid_axis.plot(epochs, [r.valid_ndcg5 for r in result.history], label="NDCG@5")
+    valid_axis.plot(epochs, [r.valid_recall20 for r in result.history], label="Recall@20")
+    valid_axis.axvline(
         result.best_epoch, color="grey", linestyle="--", label=f"best epoch {result.best_epoch}"
     )
-    ndcg_axis.set_xlabel("epoch")
-    ndcg_axis.set_title("validation NDCG@5")
-    ndcg_axis.legend()
+    valid_axis.set_xlabel("epoch")
+    valid_axis.set_title("validation")
+    valid_axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     pyplot.close(figure)
 
 
 def evaluate_run(run_dir: Path, prepared: Prepared, *, samples: int = 0) -> dict[str, Any]:
-    """Re-evaluate a saved run on the prepared episodes (loads through tanp.build_model)."""
+    """Re-evaluate a saved run on the prepared episodes (loads through tanp.build_model): the
+    model, its ablations, and the tuned baselines that need no training episodes."""
     loaded = build_model(run_dir, "cpu")
     if loaded.items != prepared.interactions.item_ids:
         raise ValueError(f"{run_dir}: the run's item ids differ from the data's")
     threshold = prepared.interactions.positive_threshold
+    episodes = prepared.episodes["test"]
+    model = score(
+        episodes, tanp_scores(loaded.model, episodes, samples=samples), threshold=threshold
+    )
+    baselines = {
+        tuned.name: (tuned, score(episodes, tuned.test_scores, threshold=threshold))
+        for tuned in Baselines(prepared).all_tuned()
+    }
+    ablations: dict[str, Scored] = {
+        edit: score(
+            episodes,
+            tanp_scores(loaded.model, episodes, samples=samples, edit=edit),
+            threshold=threshold,
+        )
+        for edit in ABLATIONS
+    }
     return {
         "model": "tanp",
         "run": str(run_dir),
@@ -159,8 +257,6 @@ def evaluate_run(run_dir: Path, prepared: Prepared, *, samples: int = 0) -> dict
         "valid": evaluate_model(
             loaded.model, prepared.episodes["valid"], threshold=threshold, samples=samples
         ),
-        "test": evaluate_model(
-            loaded.model, prepared.episodes["test"], threshold=threshold, samples=samples
-        ),
-        "baselines": evaluate_baselines(prepared, prepared.episodes["test"]),
+        "test": model.blocks,
+        **TestReport(model, baselines, ablations).to_dict(),
     }

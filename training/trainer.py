@@ -1,8 +1,18 @@
 """Batched episodic training of TaNP: every batch of episodes goes through one forward.
 
-Context/target split as the reference (context >= context_min, target = context plus extra
-points), drawn for the whole batch at once with padding masks. Adam. Model selection and early
-stopping on validation users only (NDCG@5 within query, z = posterior mean).
+Each epoch redraws every training episode: a random support set (at most `support_size`, at most
+half the user's points) and up to `query_cap` labelled targets from the rest, plus `negatives`
+catalog items drawn uniformly as unlabelled candidates for the listwise loss. With `folds` > 0
+the item side a training user's episode sees (features, neighbour lists) is computed from the
+train users of the other folds, so no training user's own rows are in the statistics that
+describe its items: training sees what a new user gets. Batches hold one fold each; the
+model's item buffers are switched to that fold's tables for the step and back to the tables of
+all train users for validation and for the saved model. Adam; selection and early stopping on
+validation users only (NDCG@5 + catalog Recall@20, z = posterior mean).
+
+Under torchrun every process draws the same batches (same seeds) and trains on its shard of each
+(DistributedDataParallel averages the gradients; gloo on CPU, nccl on GPU); every process
+computes the same validation, so selection agrees without messages; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -11,63 +21,41 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from tanp.model import TaNP, TaNPConfig
-from tanp.scoring import rank
-from training.baselines import cosine_similarity, positive_matrix
-from training.data import positive_threshold
+from training.baselines import selection_score
+from training.compare import per_user_headline
+from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared, all_user_episodes
-from training.evaluate import query_scores
-from training.losses import ClusteringTarget, tanp_loss
-from training.metrics import ndcg_binary
+from training.evaluate import tanp_scores
+from training.item_stats import ItemTables, TableSpec, item_tables
+from training.losses import tanp_loss
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to train; stored in the manifest. Defaults are the reference notebook's."""
-
-    epochs: int = 150
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    lambda_clustering: float = 0.1
-    clustering_target: ClusteringTarget = "dec"
-    kl_weight: float = 1.0
-    context_min: int = 20
-    seed: int = 2020
-    patience: int = 0  # epochs without validation improvement before stopping; 0 = never
-    all_train_users: bool = False
-    unknown_user_rate: float = 0.5
-    eval_samples: int = 0
-    item_prior: bool = False
-    lr_schedule: str = "constant"  # or "cosine"
-    drop_last: bool = True
-    bucket_batches: bool = True
-    exclude_own_cooccurrence: bool = False
-    # select on every validation user (support = half, at most 20) instead of the 35 episodes
-    valid_all_users: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
 class EpochRecord:
     epoch: int
     loss: float
-    mse: float
+    pointwise: float
+    listwise: float
     kl: float
     clustering: float
     valid_ndcg5: float
+    valid_recall20: float
     train_seconds: float
     eval_seconds: float
+
+    @property
+    def valid_selection(self) -> float:
+        return self.valid_ndcg5 + self.valid_recall20
 
 
 @dataclass
@@ -77,146 +65,359 @@ class TrainResult:
     epochs_run: int
     history: list[EpochRecord]
     train_seconds: float
+    data: TrainingData
+    train: TrainConfig
+
+    def on_cpu(self) -> TrainResult:
+        """The same result with the model and every item table on the CPU (for evaluation)."""
+        data = TrainingData(
+            self.data.profiles,
+            [tensors.to("cpu") for tensors in self.data.fold_tensors],
+            self.data.full_tensors.to("cpu"),
+        )
+        self.model.to("cpu")
+        data.full_tensors.install(self.model)
+        return replace(self, data=data)
 
 
 @dataclass(frozen=True)
-class Batch:
-    """Padded support+query points of B episodes: items/labels (B, L), lengths (B,), users (B,)."""
+class TableTensors:
+    """One ItemTables as the tensors the model's buffers point to (neighbour rows sorted)."""
 
-    items: torch.Tensor
-    labels: torch.Tensor
-    lengths: torch.Tensor
-    users: torch.Tensor
+    popularity: torch.Tensor
+    features: torch.Tensor
+    neighbour_index: torch.Tensor
+    neighbour_weight: torch.Tensor
+
+    @classmethod
+    def of(cls, tables: ItemTables, device: torch.device | str = "cpu") -> TableTensors:
+        index = torch.from_numpy(tables.neighbour_index)
+        order = index.argsort(dim=1, stable=True)
+        return cls(
+            popularity=torch.from_numpy(tables.popularity).to(device),
+            features=torch.from_numpy(tables.features).to(device),
+            neighbour_index=index.gather(1, order).to(device),
+            neighbour_weight=torch.from_numpy(tables.neighbour_weight).gather(1, order).to(device),
+        )
+
+    def to(self, device: torch.device | str) -> TableTensors:
+        return TableTensors(*(value.to(device) for value in vars(self).values()))
+
+    def install(self, model: TaNP) -> None:
+        """Point the model's item buffers at these tensors (no copy)."""
+        model.item_popularity = self.popularity
+        model.item_features = self.features
+        model.affinity.neighbour_index = self.neighbour_index
+        model.affinity.neighbour_weight = self.neighbour_weight
 
 
-def episode_tensors(episodes: EpisodeSet) -> Batch:
-    """All points of every episode (support then query), padded to the longest."""
-    lengths = episodes.support_len + episodes.query_len
-    width = int(lengths.max())
-    items = np.zeros((len(episodes), width), dtype=np.int64)
-    labels = np.zeros((len(episodes), width), dtype=np.float32)
-    for episode in range(len(episodes)):
-        support_items, support_labels = episodes.support(episode)
-        query_items, query_labels = episodes.query(episode)
-        items[episode, : lengths[episode]] = np.concatenate([support_items, query_items])
-        labels[episode, : lengths[episode]] = np.concatenate([support_labels, query_labels])
-    return Batch(
-        torch.from_numpy(items),
-        torch.from_numpy(labels),
-        torch.from_numpy(lengths.astype(np.int64)),
-        torch.from_numpy(episodes.users),
+def table_spec(model_config: TaNPConfig, train: TrainConfig) -> TableSpec:
+    return TableSpec(
+        factor_dim=train.factor_dim,
+        content_dim=train.content_dim,
+        neighbours=model_config.neighbours,
+        shrink=train.shrink,
     )
 
 
-def batch_count(episodes: int, *, train: TrainConfig) -> int:
-    """Batches per epoch: a last partial batch is dropped with `drop_last` unless it is the
-    only one."""
-    full, rest = divmod(episodes, train.batch_size)
-    return full + (1 if rest and (not train.drop_last or full == 0) else 0)
-
-
-def epoch_batches(
-    lengths: torch.Tensor, *, train: TrainConfig, generator: torch.Generator
-) -> list[torch.Tensor]:
-    """One epoch's batches of episode indices, in random order.
-
-    With `bucket_batches`, each run of 4 batches' worth of a random permutation is sorted by
-    episode length before it is cut, so a batch pads to little more than its own lengths."""
-    order = torch.randperm(len(lengths), generator=generator)
-    size = train.batch_size
-    if train.bucket_batches:
-        chunks = [order[start : start + 4 * size] for start in range(0, len(order), 4 * size)]
-        order = torch.cat([chunk[lengths[chunk].argsort(stable=True)] for chunk in chunks])
-    batches = [order[start : start + size] for start in range(0, len(order), size)]
-    batches = batches[: batch_count(len(lengths), train=train)]
-    shuffle = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[index] for index in shuffle]
-
-
-class PointSplit(NamedTuple):
-    """Sampled points of B episodes: order (B, W) indexes each episode's points, context and
-    target (B, W) mask the first n_context and n_context + n_extra of them."""
-
-    order: torch.Tensor
-    context: torch.Tensor
-    target: torch.Tensor
-
-
-def context_target_split(
-    lengths: torch.Tensor, *, context_min: int, width: int, generator: torch.Generator
-) -> PointSplit:
-    """The reference's `new_context_target_split` for a whole batch.
-
-    n_context ~ U[min(context_min, n-1), n-1], n_extra ~ U[0, n - n_context - 1]; a random
-    permutation picks the points; target = context + extra. Like the reference, only the
-    sampled points are kept: W = the largest target size in the batch.
-    """
-    low = torch.clamp(torch.clamp(lengths - 1, min=1), max=context_min)
-    high = torch.clamp(lengths - 1, min=1)  # inclusive upper bound of n_context
-    uniform = torch.rand(lengths.shape, generator=generator)
-    n_context = low + (uniform * (high - low + 1).float()).long().clamp(max=(high - low))
-    room = torch.clamp(lengths - n_context, min=1)  # n_extra in [0, room - 1]
-    n_extra = (
-        (torch.rand(lengths.shape, generator=generator) * room.float()).long().clamp(max=room - 1)
-    )
-    keys = torch.rand((lengths.shape[0], width), generator=generator)
-    positions = torch.arange(width)[None, :]
-    keys = keys.masked_fill(positions >= lengths[:, None], float("inf"))
-    n_target = n_context + n_extra
-    keep = int(n_target.max())
-    order = keys.argsort(dim=1)[:, :keep]
-    kept = torch.arange(keep)[None, :]
-    return PointSplit(order, kept < n_context[:, None], kept < n_target[:, None])
-
-
-def item_prior_features(counts: np.ndarray, similarity: np.ndarray) -> np.ndarray:
-    """(items, 2) fixed decoder inputs from train users only (positive counts, item cosine
-    similarity): standardised log popularity and mean similarity to the 50 most popular."""
-    popularity = np.log1p(counts)
-    popularity = (popularity - popularity.mean()) / (popularity.std() + 1e-8)
-    top = np.argsort(-counts, kind="stable")[:50]
-    closeness = similarity[:, top].mean(axis=1)
-    closeness = (closeness - closeness.mean()) / (closeness.std() + 1e-8)
-    return np.stack([popularity, closeness], axis=1).astype(np.float32)
-
-
-def build_untrained(prepared: Prepared, model_config: TaNPConfig, train: TrainConfig) -> TaNP:
-    """A fresh model whose buffers (popularity, item priors) come from train users only."""
+def build_untrained(
+    prepared: Prepared, model_config: TaNPConfig, train: TrainConfig
+) -> tuple[TaNP, ItemTables]:
+    """A fresh model whose item side comes from all train users; also returns those tables."""
     interactions = prepared.interactions
     config = replace(
         model_config,
         num_items=len(interactions.item_ids),
         num_users=len(interactions.user_ids),
-        item_prior_dim=2 if train.item_prior else 0,
+        item_feature_dim=train.item_feature_dim,
         neighbours=min(model_config.neighbours, len(interactions.item_ids)),
         label_min=interactions.label_min,
         label_max=interactions.label_max,
     )
     torch.manual_seed(train.seed)
     model = TaNP(config)
-    matrix = positive_matrix(prepared)
-    counts = matrix.sum(axis=0)
-    model.item_popularity.copy_(torch.from_numpy(counts))
-    if not (train.item_prior or config.neighbours):
-        return model
-    similarity = cosine_similarity(matrix)
-    if train.item_prior:
-        model.item_prior.copy_(torch.from_numpy(item_prior_features(counts, similarity)))
-    if config.neighbours:
-        index, weight = nearest_neighbours(similarity, count=config.neighbours)
-        model.neighbour_index.copy_(torch.from_numpy(index))
-        model.neighbour_weight.copy_(torch.from_numpy(weight))
-        model.build_pair_similarity()
-    return model
+    tables = item_tables(prepared, prepared.users_of("train"), spec=table_spec(config, train))
+    TableTensors.of(tables).install(model)
+    return model, tables
 
 
-def nearest_neighbours(similarity: np.ndarray, *, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each item's `count` most similar items (ties by index) from an (items, items)
-    similarity matrix, as (items, count) index and weight arrays."""
-    count = min(count, similarity.shape[0])
-    index = np.argsort(-similarity, axis=1, kind="stable")[:, :count]
-    weight = np.take_along_axis(similarity, index, axis=1)
-    return index.astype(np.int64), weight.astype(np.float32)
+@dataclass(frozen=True)
+class Profiles:
+    """Every training episode's points (support and query together), padded: items/labels
+    (E, P), lengths (E,), users (E,), and the fold whose item tables describe each."""
+
+    items: torch.Tensor
+    labels: torch.Tensor
+    lengths: torch.Tensor
+    users: torch.Tensor
+    folds: torch.Tensor
+
+
+def training_profiles(
+    prepared: Prepared,
+    *,
+    train: TrainConfig,
+    fold_of_user: np.ndarray | None,
+    seen: list[np.ndarray],
+) -> Profiles:
+    """One profile per training episode; points whose item no user of its fold's tables has
+    are dropped (as test episodes drop items no train user has)."""
+    if train.episodes == "authors":
+        episodes = prepared.episodes["train"]
+    else:
+        episodes = all_user_episodes(
+            prepared,
+            rng=np.random.default_rng(train.seed),
+            min_support=max(1, train.min_interactions // 2),
+        )
+    rows: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+    for episode in range(len(episodes)):
+        support_items, support_labels = episodes.support(episode)
+        query_items, query_labels = episodes.query(episode)
+        items = np.concatenate([support_items, query_items])
+        labels = np.concatenate([support_labels, query_labels])
+        user = int(episodes.users[episode])
+        fold = 0 if fold_of_user is None else int(fold_of_user[user])
+        keep = seen[fold][items]
+        if keep.sum() >= 2:  # at least one support and one target point
+            rows.append((items[keep], labels[keep], user, fold))
+    width = max(len(items) for items, _, _, _ in rows)
+    item_array = np.zeros((len(rows), width), dtype=np.int64)
+    label_array = np.zeros((len(rows), width), dtype=np.float32)
+    for row, (items, labels, _, _) in enumerate(rows):
+        item_array[row, : len(items)] = items
+        label_array[row, : len(labels)] = labels
+    return Profiles(
+        items=torch.from_numpy(item_array),
+        labels=torch.from_numpy(label_array),
+        lengths=torch.tensor([len(items) for items, _, _, _ in rows]),
+        users=torch.tensor([user for _, _, user, _ in rows]),
+        folds=torch.tensor([fold for _, _, _, fold in rows]),
+    )
+
+
+def epoch_batches(
+    profiles: Profiles, *, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
+    """One epoch's batches of profile indices: each batch from one fold, shuffled."""
+    batches: list[torch.Tensor] = []
+    for fold in profiles.folds.unique().tolist():
+        members = torch.nonzero(profiles.folds == fold).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        batches.extend(
+            members[start : start + batch_size] for start in range(0, len(members), batch_size)
+        )
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[index] for index in order]
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """One step's tensors: support (B, L), targets (B, W) = labelled query points then sampled
+    negatives, with the masks the model and the loss need."""
+
+    support_items: torch.Tensor
+    support_labels: torch.Tensor
+    support_mask: torch.Tensor
+    target_items: torch.Tensor
+    target_labels: torch.Tensor
+    target_mask: torch.Tensor
+    positive: torch.Tensor
+    candidates: torch.Tensor
+    users: torch.Tensor
+    noise: torch.Tensor  # (B, Z) ~ N(0, I): the draw of z from the posterior
+    affinity_keep: torch.Tensor  # (B,) bool: the episodes that see the neighbour affinity
+
+    def rows(self, rows: slice) -> StepBatch:
+        """The episodes `rows` of this batch (one process's shard)."""
+        return StepBatch(*(value[rows] for value in vars(self).values()))
+
+    def to(self, device: torch.device) -> StepBatch:
+        return StepBatch(*(value.to(device) for value in vars(self).values()))
+
+
+def draw_step(
+    profiles: Profiles,
+    chosen: torch.Tensor,
+    *,
+    train: TrainConfig,
+    num_items: int,
+    threshold: float,
+    generator: torch.Generator,
+    z_dim: int = 0,
+    affinity_dropout: float = 0.0,
+    unknown_user: int | None = None,
+) -> StepBatch:
+    """Redraw the chosen episodes: a random permutation of each profile's points; the first
+    min(support_size, n // 2) are the support, up to query_cap of the rest the labelled
+    targets; then `negatives` uniform catalog items per episode; then the noise of z and the
+    affinity dropout of each episode; with a shared unknown-user row (unknown_user), each
+    episode's user id is replaced by it with probability `unknown_user_rate`, so the row learns
+    what every user the service sees gets."""
+    lengths = profiles.lengths[chosen]
+    width = int(lengths.max())
+    items = profiles.items[chosen, :width]
+    labels = profiles.labels[chosen, :width]
+    keys = torch.rand(items.shape, generator=generator)
+    keys = keys.masked_fill(torch.arange(width)[None, :] >= lengths[:, None], float("inf"))
+    order = keys.argsort(dim=1)
+    items, labels = items.gather(1, order), labels.gather(1, order)
+    support_count = torch.clamp(lengths // 2, max=train.support_size)
+    query_count = torch.clamp(lengths - support_count, max=train.query_cap)
+    support_width = int(support_count.max())
+    positions = torch.arange(width)[None, :]
+    support_mask = positions[:, :support_width] < support_count[:, None]
+    # the query points start after each episode's own support: shift every row left by it
+    shift = (positions + support_count[:, None]).clamp_max(width - 1)
+    query_width = int(query_count.max())
+    query_items = items.gather(1, shift)[:, :query_width]
+    query_labels = labels.gather(1, shift)[:, :query_width]
+    query_mask = positions[:, :query_width] < query_count[:, None]
+    # more draws than the catalog has items add nothing but duplicates
+    count = min(train.negatives, num_items)
+    negatives = torch.randint(0, num_items, (len(chosen), count), generator=generator)
+    target_items = torch.cat([query_items, negatives], dim=1)
+    target_mask = torch.cat([query_mask, torch.zeros_like(negatives, dtype=torch.bool)], dim=1)
+    target_labels = torch.cat([query_labels, torch.zeros(negatives.shape)], dim=1)
+    support_items = items[:, :support_width]
+    in_support = (
+        target_items.unsqueeze(-1) == support_items.unsqueeze(1)
+    ) & support_mask.unsqueeze(1)
+    candidates = torch.cat([query_mask, torch.ones_like(negatives, dtype=torch.bool)], dim=1)
+    candidates &= ~in_support.any(-1)
+    positive = target_mask & (target_labels >= threshold)
+    return StepBatch(
+        support_items=support_items,
+        support_labels=labels[:, :support_width],
+        support_mask=support_mask,
+        target_items=target_items,
+        target_labels=target_labels,
+        target_mask=target_mask,
+        positive=positive,
+        candidates=candidates,
+        users=hidden_users(
+            profiles.users[chosen],
+            unknown_user=unknown_user,
+            rate=train.unknown_user_rate,
+            generator=generator,
+        ),
+        noise=torch.randn((len(chosen), z_dim), generator=generator),
+        affinity_keep=torch.rand(len(chosen), generator=generator) >= affinity_dropout,
+    )
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What the trainer built before its first step, for the features-only baseline to reuse:
+    the training profiles and the item tables of each fold and of all train users."""
+
+    profiles: Profiles
+    fold_tensors: list[TableTensors]
+    full_tensors: TableTensors
+
+
+def hidden_users(
+    users: torch.Tensor, *, unknown_user: int | None, rate: float, generator: torch.Generator
+) -> torch.Tensor:
+    if unknown_user is None:
+        return users
+    hidden = torch.rand(users.shape, generator=generator) < rate
+    return users.masked_fill(hidden, unknown_user)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of every batch under torchrun (rank of world); (0, 1) alone."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def current(cls) -> Shard:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def rows(self, size: int) -> slice:
+        """A contiguous, near-equal share of a batch of `size` episodes."""
+        bounds = np.linspace(0, size, self.world + 1).round().astype(int)
+        return slice(int(bounds[self.rank]), int(bounds[self.rank + 1]))
+
+
+def train_step(
+    network: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    config: TaNPConfig,
+    batch: StepBatch,
+    train: TrainConfig,
+    scale: float = 1.0,
+) -> np.ndarray:
+    """One optimiser step over `batch` (the whole batch, or this process's shard of it, with
+    `scale` = world * shard / batch so the averaged gradients are those of the whole batch);
+    returns (loss, pointwise, listwise, kl, clustering) of the batch seen here."""
+    output = network(
+        context_items=batch.support_items,
+        context_labels=batch.support_labels,
+        context_mask=batch.support_mask,
+        target_items=batch.target_items,
+        target_labels=batch.target_labels,
+        target_mask=batch.target_mask,
+        users=batch.users,
+        sample=True,
+        noise=batch.noise,
+        affinity_keep=batch.affinity_keep,
+    )
+    span = max(config.label_max - config.label_min, 1e-8)
+    scaled = (
+        (batch.target_labels - config.label_min) / span
+        if train.pointwise_loss == "bce"
+        else batch.target_labels
+    )
+    parts = tanp_loss(
+        output,
+        target_labels=scaled.clamp(0, 1) if train.pointwise_loss == "bce" else scaled,
+        target_mask=batch.target_mask,
+        positive=batch.positive,
+        candidates=batch.candidates,
+        pointwise=train.pointwise_loss,
+        pointwise_weight=train.pointwise_weight,
+        listwise_weight=train.listwise_weight,
+        kl_weight=train.kl_weight,
+        clustering_weight=train.lambda_clustering,
+        clustering_target=train.clustering_target,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    (parts.total * scale).backward()
+    optimizer.step()
+    return np.array([float(value.detach()) for value in parts])
+
+
+def fold_tables(
+    prepared: Prepared, *, spec: TableSpec, full: ItemTables, train: TrainConfig
+) -> tuple[np.ndarray | None, list[ItemTables]]:
+    """Each train user's fold (indexed by user) and each fold's tables from the others."""
+    if train.folds < 2:
+        return None, [full]
+    users = prepared.users_of("train")
+    rng = np.random.default_rng(train.seed + 7)
+    fold_of_train_user = rng.permutation(users.size) % train.folds
+    fold_of_user = np.zeros(len(prepared.interactions.user_ids), dtype=np.int64)
+    fold_of_user[users] = fold_of_train_user
+    tables = [
+        item_tables(prepared, users[fold_of_train_user != fold], spec=spec, reference=full)
+        for fold in range(train.folds)
+    ]
+    return fold_of_user, tables
+
+
+def validation_headline(
+    model: TaNP, episodes: EpisodeSet, *, threshold: float, samples: int = 0
+) -> dict[str, np.ndarray]:
+    """Per-user validation NDCG@5 and catalog Recall@20 (the selection metrics)."""
+    return per_user_headline(
+        episodes, tanp_scores(model, episodes, samples=samples), threshold=threshold
+    )
 
 
 def train_model(
@@ -225,17 +426,22 @@ def train_model(
     model_config: TaNPConfig,
     train: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> TrainResult:
-    """Train, selecting the epoch with the best validation NDCG@5; test users are never read."""
-    model = build_untrained(prepared, model_config, train)
-    generator = torch.Generator().manual_seed(train.seed)
-    rng = np.random.default_rng(train.seed)
-    episodes = (
-        all_user_episodes(prepared, rng=rng)
-        if train.all_train_users
-        else prepared.episodes["train"]
+    """Train, selecting the epoch with the best validation NDCG@5 + Recall@20; test users are
+    never read. The model trains on `device`; episodes are drawn on the CPU."""
+    started = time.perf_counter()
+    model, full = build_untrained(prepared, model_config, train)
+    model.to(device)
+    spec = table_spec(model.config, train)
+    fold_of_user, tables = fold_tables(prepared, spec=spec, full=full, train=train)
+    fold_tensors = [TableTensors.of(table, device) for table in tables]
+    full_tensors = TableTensors.of(full, device)
+    full_tensors.install(model)
+    profiles = training_profiles(
+        prepared, train=train, fold_of_user=fold_of_user, seen=[table.seen for table in tables]
     )
-    data = episode_tensors(episodes)
+    generator = torch.Generator().manual_seed(train.seed)
     validation = (
         all_user_episodes(prepared, split_name="valid", rng=np.random.default_rng(train.seed + 1))
         if train.valid_all_users
@@ -245,7 +451,9 @@ def train_model(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
     )
-    batches_per_epoch = batch_count(len(episodes), train=train)
+    batches_per_epoch = len(
+        epoch_batches(profiles, batch_size=train.batch_size, generator=torch.Generator())
+    )
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=train.epochs * batches_per_epoch
@@ -253,126 +461,84 @@ def train_model(
         if train.lr_schedule == "cosine"
         else None
     )
-    best_score, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
+    shard = Shard.current()
+    network: torch.nn.Module = model
+    if shard.world > 1:
+        # every process holds the same item tables and swaps them alike: no buffer broadcast
+        network = DistributedDataParallel(
+            model,
+            broadcast_buffers=False,
+            device_ids=[torch.device(device).index]
+            if torch.device(device).type == "cuda"
+            else None,
+        )
+    unknown_user = model.config.unknown_user if model.config.user_input == "unknown" else None
+    best_score, best_epoch, best_state = -np.inf, 0, copy.deepcopy(model.state_dict())
     history: list[EpochRecord] = []
-    started = time.perf_counter()
     for epoch in range(1, train.epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
-        sums = np.zeros(4)
-        batches = epoch_batches(data.lengths, train=train, generator=generator)
+        sums = np.zeros(5)
+        batches = epoch_batches(profiles, batch_size=train.batch_size, generator=generator)
         for chosen in batches:
-            parts = train_step(
-                model, optimizer, data=data, chosen=chosen, train=train, generator=generator
+            if len(chosen) < max(2, shard.world):
+                # every process needs an episode, and one episode is no batch for the DEC
+                # target: the rule is the same alone and under torchrun, so both train alike
+                continue
+            fold_tensors[int(profiles.folds[chosen[0]])].install(model)
+            batch = draw_step(
+                profiles,
+                chosen,
+                train=train,
+                num_items=model.config.num_items,
+                threshold=threshold,
+                generator=generator,
+                z_dim=model.config.z_dim,
+                affinity_dropout=model.config.affinity_dropout,
+                unknown_user=unknown_user,
+            )
+            rows = shard.rows(len(chosen))
+            sums += train_step(
+                network,
+                optimizer,
+                config=model.config,
+                batch=batch.rows(rows).to(torch.device(device)),
+                train=train,
+                scale=shard.world * (rows.stop - rows.start) / len(chosen),
             )
             if scheduler is not None:
                 scheduler.step()
-            sums += parts
+        full_tensors.install(model)
         train_seconds = time.perf_counter() - epoch_started
         eval_started = time.perf_counter()
-        valid_ndcg = validation_ndcg5(
+        valid = validation_headline(
             model, validation, threshold=threshold, samples=train.eval_samples
         )
-        loss, mse, kl, clustering = (sums / len(batches)).tolist()
+        loss, pointwise, listwise, kl, clustering = (sums / max(len(batches), 1)).tolist()
         record = EpochRecord(
             epoch=epoch,
             loss=loss,
-            mse=mse,
+            pointwise=pointwise,
+            listwise=listwise,
             kl=kl,
             clustering=clustering,
-            valid_ndcg5=valid_ndcg,
+            valid_ndcg5=float(np.nanmean(valid["NDCG@5"])),
+            valid_recall20=float(np.nanmean(valid["Recall@20"])),
             train_seconds=train_seconds,
             eval_seconds=time.perf_counter() - eval_started,
         )
         history.append(record)
         if on_epoch is not None:
             on_epoch(record)
-        if valid_ndcg > best_score:
-            best_score, best_epoch = valid_ndcg, epoch
+        score = selection_score(valid)
+        if score > best_score:
+            best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
         elif train.patience and epoch - best_epoch >= train.patience:
             break
     model.load_state_dict(best_state)
     model.eval()
-    return TrainResult(model, best_epoch, len(history), history, time.perf_counter() - started)
-
-
-def hide_users(
-    model: TaNP, users: torch.Tensor, *, train: TrainConfig, generator: torch.Generator
-) -> torch.Tensor:
-    """With a shared unknown-user row, replace each episode's user id by it with probability
-    `unknown_user_rate`, so the row learns what every user the service sees gets."""
-    if model.config.user_input != "unknown":
-        return users
-    hidden = torch.rand(users.shape, generator=generator) < train.unknown_user_rate
-    return users.masked_fill(hidden, model.config.unknown_user)
-
-
-def train_step(
-    model: TaNP,
-    optimizer: torch.optim.Optimizer,
-    *,
-    data: Batch,
-    chosen: torch.Tensor,
-    train: TrainConfig,
-    generator: torch.Generator,
-) -> np.ndarray:
-    """One optimiser step over the chosen episodes; returns (loss, mse, kl, clustering)."""
-    lengths = data.lengths[chosen]
-    width = int(lengths.max())
-    items, labels = data.items[chosen, :width], data.labels[chosen, :width]
-    split = context_target_split(
-        lengths, context_min=train.context_min, width=width, generator=generator
+    data = TrainingData(profiles, fold_tensors, full_tensors)
+    return TrainResult(
+        model, best_epoch, len(history), history, time.perf_counter() - started, data, train
     )
-    users = hide_users(model, data.users[chosen], train=train, generator=generator)
-    own_positives = None
-    if model.config.neighbours and train.exclude_own_cooccurrence:
-        # the episode holds the user's whole profile when it comes from a train user
-        liked = (labels >= positive_threshold(model.config.label_min, model.config.label_max)) & (
-            torch.arange(width)[None, :] < lengths[:, None]
-        )
-        counts = torch.zeros(len(chosen), model.config.num_items, dtype=torch.long)
-        own_positives = counts.scatter_add_(1, items, liked.long()) > 0
-    items, labels = torch.gather(items, 1, split.order), torch.gather(labels, 1, split.order)
-    context, target = split.context, split.target
-    output = model(
-        context_items=items,
-        context_labels=labels,
-        context_mask=context,
-        target_items=items,
-        target_labels=labels,
-        target_mask=target,
-        users=users,
-        own_positives=own_positives,
-        sample=True,
-    )
-    parts = tanp_loss(
-        output,
-        target_labels=labels,
-        target_mask=target,
-        clustering_weight=train.lambda_clustering,
-        clustering_target=train.clustering_target,
-        kl_weight=train.kl_weight,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    parts.total.backward()
-    optimizer.step()
-    return np.array([float(value.detach()) for value in parts])
-
-
-def validation_ndcg5(
-    model: TaNP, episodes: EpisodeSet, *, threshold: float, samples: int = 0
-) -> float:
-    """Mean within-query NDCG@5 over the validation users (the selection metric).
-
-    Scores only the query items (candidates), which is all this metric reads."""
-    if len(episodes) == 0:
-        return 0.0
-    scores = query_scores(model, episodes, samples=samples)
-    values = []
-    for episode in range(len(episodes)):
-        length = int(episodes.query_len[episode])
-        relevant = episodes.query_labels[episode, :length] >= threshold
-        in_order = relevant[rank(scores[episode, :length])]
-        values.append(ndcg_binary(in_order, total_relevant=int(relevant.sum()), k=5))
-    return float(np.mean(values))

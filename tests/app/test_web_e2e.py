@@ -31,9 +31,9 @@ from app.settings import Settings
 from app.state import ServiceState
 from tanp.checkpoint import save_checkpoint
 from tests.synthetic import write_interactions_csv
+from training.config import preset_configs
 from training.data import load_interactions
 from training.episodes import random_split
-from training.presets import preset_configs
 from training.trainer import train_model
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -74,31 +74,21 @@ def test_state_bytes_round_trip_and_refuse_garbage(model: TaNP) -> None:
             unpack_state(broken)
 
 
-def test_neighbour_affinity_is_the_mean_similarity_to_liked_and_disliked_items() -> None:
+def test_state_carries_the_support_and_candidates_score_as_the_catalog() -> None:
     torch.manual_seed(1)
-    model = TaNP(TaNPConfig(num_items=12, neighbours=3, film_gamma_offset=1.0)).eval()
-    model.neighbour_index.copy_(
-        torch.tensor([[(i + 1) % 12, (i + 2) % 12, (i + 5) % 12] for i in range(12)])
+    model = TaNP(
+        TaNPConfig(num_items=12, neighbours=3, film_gamma_offset=1.0, taste_head=True)
+    ).eval()
+    model.affinity.set_neighbours(
+        torch.tensor([[(i + 1) % 12, (i + 2) % 12, (i + 5) % 12] for i in range(12)]),
+        torch.tensor([[0.9, 0.5, 0.1]]).expand(12, -1),
     )
-    model.neighbour_weight.copy_(torch.tensor([[0.9, 0.5, 0.1]]).expand(12, -1))
     scorer = Scorer(model)
     state = scorer.encode_one([0, 4, 7], [1.0, 1.0, 0.0])
-    liked, disliked = torch.zeros(12), torch.zeros(12)
-    for item, target in ((0, liked), (4, liked), (7, disliked)):
-        for neighbour, weight in zip(
-            model.neighbour_index[item], model.neighbour_weight[item], strict=True
-        ):
-            target[neighbour] += weight
-    torch.testing.assert_close(state.affinity[0, 0], liked / 2)
-    torch.testing.assert_close(state.affinity[0, 1], disliked / 1)
-    closest = torch.zeros(12)
-    for item in (0, 4):
-        for neighbour, weight in zip(
-            model.neighbour_index[item], model.neighbour_weight[item], strict=True
-        ):
-            closest[neighbour] = max(closest[neighbour], weight)
-    torch.testing.assert_close(state.affinity[0, 2], closest)
-    restored = unpack_state(pack_state(state))
+    assert state.support_items.tolist() == [[0, 4, 7]]
+    payload = pack_state(state)
+    assert len(payload) < 1024  # z, task, assignment and the support: no per-catalog array
+    restored = unpack_state(payload)
     torch.testing.assert_close(scorer.scores(restored), scorer.scores(state))
     candidates = torch.tensor([[5, 1, 9]])
     torch.testing.assert_close(

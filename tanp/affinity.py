@@ -1,0 +1,97 @@
+"""NeighbourAffinity: item-kNN evidence as decoder inputs, from each item's stored neighbours.
+
+Every item keeps its K most similar items (shrunk cosine over train users' positives, computed
+offline) in `neighbour_index` (N, K), each row sorted by item index, with `neighbour_weight`
+(N, K) (0 = padding). For a support set and any target items it gives three features per target:
+mean similarity to the liked support items, largest similarity to a liked one, mean similarity
+to the disliked ones. Two paths, equal to float precision: `targets` looks each (support, target)
+pair up by binary search, O(B L W log K) for W targets, whatever the catalog size; `catalog`
+scatters every support item's neighbour list over all N items, O(B (L K + N)). No dense
+(items, items) matrix anywhere. Knows nothing about training or serving.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+FEATURES = 3  # mean liked, max liked, mean disliked
+
+
+def support_weights(
+    labels: Tensor, mask: Tensor, *, label_min: float, label_max: float
+) -> tuple[Tensor, Tensor]:
+    """Each support point's liked / disliked weight (B, 2, L) and the weights' sums (B, 2, 1).
+
+    A label is liked in proportion to its place in [label_min, label_max] (0/1 labels: liked
+    or disliked; a 1-5 scale: a 4 is 3/4 liked)."""
+    span = max(label_max - label_min, 1e-8)
+    liked = ((labels - label_min) / span).clamp(0, 1) * mask
+    weights = torch.stack([liked, (1 - liked) * mask], dim=1)
+    return weights, weights.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+class NeighbourAffinity(nn.Module):
+    """Support set (B, L) -> (B, W, 3) affinity features of target items."""
+
+    neighbour_index: Tensor
+    neighbour_weight: Tensor
+
+    def __init__(
+        self, *, num_items: int, neighbours: int, label_min: float, label_max: float
+    ) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.label_min = label_min
+        self.label_max = label_max
+        index = torch.arange(num_items).unsqueeze(1).expand(-1, neighbours).contiguous()
+        self.register_buffer("neighbour_index", index)
+        self.register_buffer("neighbour_weight", torch.zeros(num_items, neighbours))
+
+    @property
+    def neighbours(self) -> int:
+        return int(self.neighbour_index.shape[1])
+
+    def set_neighbours(self, index: Tensor, weight: Tensor) -> None:
+        """Store (N, K) neighbour lists; each row is sorted by item index here."""
+        order = index.argsort(dim=1, stable=True)
+        self.neighbour_index = index.gather(1, order).to(self.neighbour_index.device)
+        self.neighbour_weight = weight.gather(1, order).to(self.neighbour_weight.device)
+
+    def _weights(self, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        return support_weights(labels, mask, label_min=self.label_min, label_max=self.label_max)
+
+    def targets(self, *, items: Tensor, labels: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
+        """Support items/labels/mask (B, L), targets (B, W) -> (B, W, 3).
+
+        sim(j, i) is j's stored weight for i when i is among j's neighbours, else 0."""
+        batch, width = targets.shape
+        if self.neighbours == 0 or items.shape[1] == 0:
+            return torch.zeros(batch, width, FEATURES, device=targets.device)
+        rows = self.neighbour_index[items]  # (B, L, K), sorted
+        wanted = targets.unsqueeze(1).expand(-1, items.shape[1], -1).contiguous()  # (B, L, W)
+        position = torch.searchsorted(rows, wanted).clamp_max(self.neighbours - 1)
+        found = rows.gather(2, position) == wanted
+        similarity = self.neighbour_weight[items].gather(2, position) * found  # (B, L, W)
+        weights, counts = self._weights(labels, mask)
+        means = (weights @ similarity) / counts  # (B, 2, W)
+        closest = (weights[:, :1].transpose(1, 2) * similarity).amax(1)  # (B, W)
+        return torch.stack([means[:, 0], closest.clamp_min(0.0), means[:, 1]], dim=-1)
+
+    def catalog(self, *, items: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
+        """Support items/labels/mask (B, L) -> (B, N, 3) for every catalog item."""
+        batch = items.shape[0]
+        device = items.device
+        if self.neighbours == 0 or items.shape[1] == 0:
+            return torch.zeros(batch, self.num_items, FEATURES, device=device)
+        weights, counts = self._weights(labels, mask)  # (B, 2, L), (B, 2, 1)
+        neighbour_items = self.neighbour_index[items].reshape(batch, -1)  # (B, L K)
+        # (B, 2, L, K): each support item's neighbour weights, split into liked and disliked
+        contributions = weights.unsqueeze(-1) * self.neighbour_weight[items].unsqueeze(1)
+        contributions = contributions.reshape(batch, 2, -1)
+        sums = torch.zeros(batch, 2, self.num_items, device=device)
+        sums.scatter_add_(2, neighbour_items.unsqueeze(1).expand(-1, 2, -1), contributions)
+        closest = torch.zeros(batch, self.num_items, device=device)
+        closest.scatter_reduce_(1, neighbour_items, contributions[:, 0], reduce="amax")
+        means = sums / counts
+        return torch.stack([means[:, 0], closest, means[:, 1]], dim=-1)

@@ -1,0 +1,150 @@
+"""The features-only baseline (SPEC section 4): logistic regression on exactly the inputs the
+model's decoder gets apart from the task path (z and FiLM): the target's fixed item features
+(factors, content, popularity) and its neighbour affinity to the support set.
+
+Rows come from train users' episodes with the item side computed as the trainer computes it
+for them (each user's fold tables: no self-leak): the labelled query points, and uniformly drawn
+catalog items as negatives, as the model's listwise candidates. The L2 strength is chosen on
+validation users by the shared selection score. What it scores well, the model's task path did
+not add.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tanp.model import TaNP, TaskState
+from training.baselines import TunedBaseline, selection_score
+from training.compare import per_user_headline
+from training.config import TrainConfig
+from training.episodes import EpisodeSet, Prepared
+from training.trainer import Profiles, TableTensors, draw_step
+
+L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def target_inputs(model: TaNP, state: TaskState, targets: torch.Tensor | None) -> torch.Tensor:
+    """(B, W, F + 3) decoder inputs of targets (B, W) (all items when None) without z."""
+    affinity = model.target_affinity(state, targets)
+    if targets is None:
+        features = model.item_features.unsqueeze(0).expand(state.task.shape[0], -1, -1)
+    else:
+        features = model.item_features[targets]
+    if affinity is None:
+        return features
+    return torch.cat([features, affinity * model.config.affinity_scale], dim=-1)
+
+
+def support_state(items: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> TaskState:
+    """A TaskState holding only a support set (what the affinity reads)."""
+    empty = torch.zeros(items.shape[0], 0)
+    from tanp.model import Gaussian
+
+    return TaskState(Gaussian(empty, empty), empty, empty, items, labels, mask)
+
+
+def training_rows(
+    model: TaNP,
+    profiles: Profiles,
+    *,
+    fold_tensors: list[TableTensors],
+    train: TrainConfig,
+    threshold: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, F + 3) inputs and (rows,) 0/1 targets from one draw of every training episode."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs, targets = [], []
+    with torch.no_grad():
+        for fold, tensors in enumerate(fold_tensors):
+            tensors.install(model)
+            members = torch.nonzero(profiles.folds == fold).flatten()
+            for start in range(0, len(members), 64):
+                batch = draw_step(
+                    profiles,
+                    members[start : start + 64],
+                    train=train,
+                    num_items=model.config.num_items,
+                    threshold=threshold,
+                    generator=generator,
+                )
+                state = support_state(batch.support_items, batch.support_labels, batch.support_mask)
+                values = target_inputs(model, state, batch.target_items)
+                keep = batch.target_mask | batch.candidates
+                inputs.append(values[keep])
+                targets.append(batch.positive[keep].float())
+    return torch.cat(inputs), torch.cat(targets)
+
+
+def fit_logistic(inputs: torch.Tensor, targets: torch.Tensor, *, l2: float) -> torch.Tensor:
+    """Weights (F + 1,) (bias last) of an L2-regularised logistic regression, L-BFGS, on
+    standardised inputs folded back into the weights."""
+    mean, std = inputs.mean(0), inputs.std(0).clamp_min(1e-6)
+    scaled = (inputs - mean) / std
+    weights = torch.zeros(inputs.shape[1] + 1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = scaled @ weights[:-1] + weights[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        loss = loss + l2 * (weights[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        slope = weights[:-1] / std
+        return torch.cat([slope, (weights[-1] - (mean * slope).sum()).reshape(1)])
+
+
+def lr_scores(model: TaNP, episodes: EpisodeSet, weights: torch.Tensor) -> np.ndarray:
+    """(E, items) logistic-regression scores with the model's current (full) item tables."""
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(episodes), 64):
+            stop = min(start + 64, len(episodes))
+            width = int(episodes.support_len[start:stop].max())
+            items = torch.from_numpy(episodes.support_items[start:stop, :width])
+            labels = torch.from_numpy(episodes.support_labels[start:stop, :width])
+            mask = (
+                torch.arange(width)[None, :]
+                < torch.from_numpy(episodes.support_len[start:stop])[:, None]
+            )
+            values = target_inputs(model, support_state(items, labels, mask), None)
+            rows.append((values @ weights[:-1] + weights[-1]).numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, model.config.num_items))
+
+
+def tuned_features_lr(
+    prepared: Prepared,
+    model: TaNP,
+    *,
+    profiles: Profiles,
+    fold_tensors: list[TableTensors],
+    full_tensors: TableTensors,
+    train: TrainConfig,
+) -> TunedBaseline:
+    """Fit on train users (fold tables), tune the L2 strength on validation users, score test."""
+    threshold = prepared.interactions.positive_threshold
+    inputs, targets = training_rows(
+        model,
+        profiles,
+        fold_tensors=fold_tensors,
+        train=train,
+        threshold=threshold,
+        seed=train.seed + 11,
+    )
+    full_tensors.install(model)
+    valid, test = prepared.episodes["valid"], prepared.episodes["test"]
+    best: tuple[float, float, torch.Tensor] | None = None
+    for l2 in L2_GRID:
+        weights = fit_logistic(inputs, targets, l2=l2)
+        score = selection_score(
+            per_user_headline(valid, lr_scores(model, valid, weights), threshold=threshold)
+        )
+        if best is None or score > best[1]:
+            best = (l2, score, weights)
+    assert best is not None
+    return TunedBaseline("features_lr", {"l2": best[0]}, best[1], lr_scores(model, test, best[2]))
