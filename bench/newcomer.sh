@@ -12,7 +12,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PORT=${PORT:-18000}
 READY_TIMEOUT=${READY_TIMEOUT:-600}
 BASE="http://127.0.0.1:$PORT"
-DEFAULT_PAYLOAD='{"support":[{"item_id":"36","rating":1},{"item_id":"46","rating":1},{"item_id":"87","rating":0}],"k":5}'
+DEFAULT_PAYLOAD='{"support":[{"item_id":"163","rating":1},{"item_id":"207","rating":1},{"item_id":"349","rating":0}],"k":5}'
 MODE=clone
 KEEP=0
 for argument in "$@"; do
@@ -131,4 +131,61 @@ PY
 
 say "ready after ${READY_AFTER}s"
 say "first recommendation after ${FIRST_AFTER}s (clone, venv, install, data, training, serve)"
+
+python3 - "$BASE" "$TMP/main/models" "$TMP/shared/data/lastfm/user_artists.dat" <<'PY' \
+  || fail "the onboarding check failed (above)"
+"""As a new listener would: find seven of Last.fm's most-listened artists by name, rate them,
+get recommendations (server time: the request's wall time on loopback, warm, median of 20)."""
+import json
+import statistics
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+base, models, plays = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+manifest = json.loads(next(models.glob("*/manifest.json")).read_text())
+names = manifest["item_names"]
+if plays.is_file():
+    listeners: dict[str, int] = {}
+    for line in plays.read_text().splitlines()[1:]:
+        artist = line.split("\t")[1]
+        listeners[artist] = listeners.get(artist, 0) + 1
+    popular = {artist for artist, count in listeners.items() if count >= 5}
+    missing = popular - set(manifest["items"])
+    if missing:
+        sys.exit(f"{len(missing)} artists with at least 5 listeners are not served")
+    print(f"newcomer: all {len(popular):,} artists with at least 5 listeners are in the catalog")
+WANTED = ["Lady Gaga", "Britney Spears", "The Beatles", "Radiohead", "Coldplay", "Muse", "Metallica"]
+
+
+def call(path, body=None):
+    request = urllib.request.Request(
+        base + path,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+support = []
+for name in WANTED:
+    found = call("/v1/items?" + urllib.parse.urlencode({"q": name, "limit": 5}))["items"]
+    match = [item for item in found if item["name"] == name]
+    if not match:
+        sys.exit(f"search for {name!r} found {[item['name'] for item in found]}")
+    support.append({"item_id": match[0]["item_id"], "rating": 1})
+body = {"support": support, "k": 10}
+timings = []
+for _ in range(21):
+    started = time.perf_counter()
+    answer = call("/v1/recommend", body)
+    timings.append(1000 * (time.perf_counter() - started))
+print(f"newcomer: catalog of {len(names):,} artists; found all seven by search")
+print("newcomer: for", ", ".join(WANTED), "->", ", ".join(i["name"] for i in answer["items"][:5]))
+print(f"newcomer: first answer {timings[0]:.1f} ms, then median {statistics.median(timings[1:]):.1f} ms, "
+      f"max {max(timings[1:]):.1f} ms")
+PY
 stop_server

@@ -26,7 +26,7 @@ from training.compare import HEADLINE, paired_difference
 from training.config import DEFAULT_PRESET, preset_configs
 from training.data import load_interactions
 from training.episodes import Prepared, prepare
-from training.features_lr import support_state, target_inputs
+from training.features_lr import affinity_only_state, target_inputs
 from training.metrics import auc
 from training.run import Scored, test_report
 from training.trainer import TrainResult, draw_step, train_model
@@ -91,14 +91,16 @@ def feature_aucs(prepared: Prepared, result: TrainResult) -> dict[str, tuple[flo
                 profiles, members, train=result.train, num_items=model.config.num_items,
                 threshold=threshold, generator=generator,
             )  # fmt: skip
-            state = support_state(batch.support_items, batch.support_labels, batch.support_mask)
+            state = affinity_only_state(
+                batch.support_items, batch.support_labels, batch.support_mask
+            )
             values = target_inputs(model, state, batch.target_items)
             for index, row in enumerate(per_episode(values, batch.positive, batch.target_mask)):
                 train_rows[index].extend(row)
         result.data.full_tensors.install(model)
         valid = prepared.episodes["valid"]
         width = int(valid.support_len.max())
-        state = support_state(
+        state = affinity_only_state(
             torch.from_numpy(valid.support_items[:, :width]),
             torch.from_numpy(valid.support_labels[:, :width]),
             torch.arange(width)[None, :] < torch.from_numpy(valid.support_len)[:, None],

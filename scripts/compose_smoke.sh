@@ -12,7 +12,7 @@
 #
 # Needs a Docker engine with the compose plugin (../shared/tools/container-engine.sh up prints the
 # DOCKER_HOST to export), curl and python3. Environment: TANP_DATA_HOST_DIR (default
-# ../shared/data/lastfm), SMOKE_TRAIN_ARGS (default: --split tanp --preset demo), SMOKE_NO_CACHE=1
+# ../shared/data/lastfm), SMOKE_TRAIN_ARGS (default: --split hetrec-median --preset demo --no-baselines), SMOKE_NO_CACHE=1
 # (build without the layer cache, for a cold-build time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -57,7 +57,7 @@ trap cleanup EXIT
 
 # --- .env as the README says: copy the example, set the secrets and the data folder -------------
 cp .env.example .env
-python3 - "$TOKEN" "$DATA" "$PORT" "${SMOKE_TRAIN_ARGS:---split tanp --preset demo}" <<'PY'
+python3 - "$TOKEN" "$DATA" "$PORT" "${SMOKE_TRAIN_ARGS:---split hetrec-median --preset demo --no-baselines}" <<'PY'
 import re, secrets, sys
 token, data, port, train_args = sys.argv[1:]
 values = {"ADMIN_TOKEN": token, "POSTGRES_PASSWORD": secrets.token_hex(24),
@@ -85,7 +85,8 @@ step() { # NAME COMMAND...: run, time, fail with the command's output
 }
 get() { curl -sS --max-time 30 "$@"; }
 json() { python3 -c "import json, sys; d = json.load(sys.stdin); print(($1))" "${@:2}"; }
-SUPPORT='{"support":[{"item_id":"36","rating":1},{"item_id":"46","rating":1},{"item_id":"87","rating":0}],"k":5}'
+# Pink Floyd and Arctic Monkeys liked, The Pussycat Dolls not (HetRec artist ids)
+SUPPORT='{"support":[{"item_id":"163","rating":1},{"item_id":"207","rating":1},{"item_id":"349","rating":0}],"k":5}'
 recommend() { get -X POST "$BASE$1" -H 'Content-Type: application/json' -d "$SUPPORT"; }
 
 # --- the README's production path ----------------------------------------------------------------

@@ -133,6 +133,7 @@ def _train(args: argparse.Namespace, *, device: Any) -> int:
         train=train_config,
         on_epoch=on_epoch,
         device=device,
+        baselines=not args.no_baselines,
     )
     if progress is not None:
         progress.close()
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_parser.add_argument(
         "--quiet", action="store_true", help="log lines instead of a progress bar"
+    )
+    train_parser.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the tuned baselines in metrics.json (demos: EASE over a big catalog takes "
+        "minutes); the model and its ablations are still scored",
     )
     train_parser.add_argument(
         "--device", default="cpu", help="cpu, cuda, cuda:N or auto (under torchrun: LOCAL_RANK)"

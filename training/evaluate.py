@@ -22,11 +22,19 @@ Blocks = dict[str, dict[str, float]]
 TaskEdit = Literal["mean_task", "shuffled_task"]
 
 
-def _support_state(scorer: Scorer, episodes: EpisodeSet, edit: TaskEdit | None = None) -> TaskState:
-    width = int(episodes.support_len.max()) if len(episodes) else 0
-    items = torch.from_numpy(episodes.support_items[:, :width])
-    labels = torch.from_numpy(episodes.support_labels[:, :width])
-    mask = torch.arange(width)[None, :] < torch.from_numpy(episodes.support_len)[:, None]
+def support_state(
+    scorer: Scorer,
+    episodes: EpisodeSet,
+    rows: slice = slice(None),
+    edit: TaskEdit | None = None,
+) -> TaskState:
+    """The TaskState of the support sets of episodes `rows` (an adaptation ablation applied
+    when `edit` is given)."""
+    lengths = torch.from_numpy(episodes.support_len[rows])
+    width = int(lengths.max()) if len(lengths) else 0
+    items = torch.from_numpy(episodes.support_items[rows, :width])
+    labels = torch.from_numpy(episodes.support_labels[rows, :width])
+    mask = torch.arange(width)[None, :] < lengths[:, None]
     state = scorer.encode(items=items, labels=labels, mask=mask)
     return state if edit is None else edited_task(state, edit)
 
@@ -83,7 +91,7 @@ def tanp_scores(
     over `samples` draws of z when samples > 0; `edit` applies an adaptation ablation.
     Episodes are decoded `batch` at a time (the (batch, items, hidden) activations)."""
     scorer = Scorer(model)
-    state = _support_state(scorer, episodes, edit)
+    state = support_state(scorer, episodes, edit=edit)
     parts = []
     for start in range(0, len(episodes), batch):
         rows = slice(start, start + batch)
@@ -104,7 +112,7 @@ def query_scores(
     width = int(episodes.query_len.max()) if len(episodes) else 0
     candidates = torch.from_numpy(episodes.query_items[:, :width])
     return _score(
-        scorer, _support_state(scorer, episodes), candidates=candidates, samples=samples, seed=seed
+        scorer, support_state(scorer, episodes), candidates=candidates, samples=samples, seed=seed
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tanp.model import TaNP, TaskState
+from tanp.model import Gaussian, TaNP, TaskState
 from training.baselines import TunedBaseline, selection_score
 from training.compare import per_user_headline
 from training.config import TrainConfig
@@ -36,11 +36,9 @@ def target_inputs(model: TaNP, state: TaskState, targets: torch.Tensor | None) -
     return torch.cat([features, affinity * model.config.affinity_scale], dim=-1)
 
 
-def support_state(items: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> TaskState:
-    """A TaskState holding only a support set (what the affinity reads)."""
+def affinity_only_state(items: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> TaskState:
+    """A TaskState holding only a support set (all the affinity reads; no z, no task)."""
     empty = torch.zeros(items.shape[0], 0)
-    from tanp.model import Gaussian
-
     return TaskState(Gaussian(empty, empty), empty, empty, items, labels, mask)
 
 
@@ -69,7 +67,9 @@ def training_rows(
                     threshold=threshold,
                     generator=generator,
                 )
-                state = support_state(batch.support_items, batch.support_labels, batch.support_mask)
+                state = affinity_only_state(
+                    batch.support_items, batch.support_labels, batch.support_mask
+                )
                 values = target_inputs(model, state, batch.target_items)
                 keep = batch.target_mask | batch.candidates
                 inputs.append(values[keep])
@@ -112,7 +112,7 @@ def lr_scores(model: TaNP, episodes: EpisodeSet, weights: torch.Tensor) -> np.nd
                 torch.arange(width)[None, :]
                 < torch.from_numpy(episodes.support_len[start:stop])[:, None]
             )
-            values = target_inputs(model, support_state(items, labels, mask), None)
+            values = target_inputs(model, affinity_only_state(items, labels, mask), None)
             rows.append((values @ weights[:-1] + weights[-1]).numpy())
     return np.concatenate(rows) if rows else np.zeros((0, model.config.num_items))
 

@@ -73,10 +73,15 @@ def pointwise_loss(
     return (losses * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
-def listwise_loss(prediction: Tensor, *, positive: Tensor, candidates: Tensor) -> Tensor:
-    """Per task (B,): -mean over the positive targets of log softmax(prediction) over the
-    candidate targets (the multinomial likelihood of the positives, as Mult-VAE); 0 for a task
-    without positives. positive, candidates (B, W) bool; positives must be candidates."""
+def listwise_loss(
+    prediction: Tensor, *, positive: Tensor, candidates: Tensor, correction: Tensor | None = None
+) -> Tensor:
+    """Per task (B,): -mean over the positive targets of log softmax(prediction - correction)
+    over the candidate targets (the multinomial likelihood of the positives, as Mult-VAE; the
+    correction, log of a sampled item's expected draws, makes it a sampled softmax); 0 for a
+    task without positives. positive, candidates (B, W) bool; positives must be candidates."""
+    if correction is not None:
+        prediction = prediction - correction
     logits = prediction.masked_fill(~candidates, float("-inf"))
     log_probability = torch.log_softmax(logits, dim=1).masked_fill(~positive, 0.0)
     return -log_probability.sum(1) / positive.sum(1).clamp_min(1)
@@ -90,6 +95,7 @@ def tanp_loss(
     positive: Tensor,
     candidates: Tensor,
     pointwise: PointwiseLoss,
+    correction: Tensor | None = None,
     pointwise_weight: float,
     listwise_weight: float,
     kl_weight: float,
@@ -110,7 +116,9 @@ def tanp_loss(
         else zero
     )
     listing = (
-        listwise_loss(output.prediction, positive=positive, candidates=candidates)
+        listwise_loss(
+            output.prediction, positive=positive, candidates=candidates, correction=correction
+        )
         if listwise_weight
         else zero
     )

@@ -82,8 +82,11 @@ class TestReport:
         }
 
 
-def test_report(prepared: Prepared, result: TrainResult, *, samples: int = 0) -> TestReport:
-    """Score the trained model, its ablations and every tuned baseline on the test users."""
+def test_report(
+    prepared: Prepared, result: TrainResult, *, samples: int = 0, baselines: bool = True
+) -> TestReport:
+    """Score the trained model, its ablations and (unless `baselines` is False: demos) every
+    tuned baseline on the test users."""
     episodes = prepared.episodes["test"]
     threshold = prepared.interactions.positive_threshold
 
@@ -91,8 +94,8 @@ def test_report(prepared: Prepared, result: TrainResult, *, samples: int = 0) ->
         return score(episodes, scores, threshold=threshold)
 
     model = scored(tanp_scores(result.model, episodes, samples=samples))
-    tuned = Baselines(prepared).all_tuned()
-    if result.model.config.item_feature_dim or result.model.config.neighbours:
+    tuned = Baselines(prepared).all_tuned() if baselines else []
+    if baselines and (result.model.config.item_feature_dim or result.model.config.neighbours):
         tuned.append(
             tuned_features_lr(
                 prepared,
@@ -142,6 +145,7 @@ def train_run(
     train: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: torch.device | str = "cpu",
+    baselines: bool = True,
 ) -> dict[str, Any] | None:
     """Train, evaluate (valid, test, tuned baselines, paired differences, ablations) and write
     the run directory; returns metrics.json's content (None on a torchrun rank other than 0,
@@ -156,7 +160,7 @@ def train_run(
     valid = evaluate_model(
         result.model, prepared.episodes["valid"], threshold=threshold, samples=train.eval_samples
     )
-    report = test_report(prepared, result, samples=train.eval_samples)
+    report = test_report(prepared, result, samples=train.eval_samples, baselines=baselines)
     metrics = {
         "model": "tanp",
         "split": prepared.split,

@@ -29,11 +29,12 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from tanp.model import TaNP, TaNPConfig
+from tanp.scoring import Scorer
 from training.baselines import selection_score
 from training.compare import per_user_headline
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared, all_user_episodes
-from training.evaluate import tanp_scores
+from training.evaluate import state_rows, support_state, tanp_scores
 from training.item_stats import ItemTables, TableSpec, item_tables
 from training.losses import tanp_loss
 
@@ -224,6 +225,7 @@ class StepBatch:
     target_mask: torch.Tensor
     positive: torch.Tensor
     candidates: torch.Tensor
+    correction: torch.Tensor  # (B, W): subtracted from the logits in the listwise loss
     users: torch.Tensor
     noise: torch.Tensor  # (B, Z) ~ N(0, I): the draw of z from the posterior
     affinity_keep: torch.Tensor  # (B,) bool: the episodes that see the neighbour affinity
@@ -247,6 +249,7 @@ def draw_step(
     z_dim: int = 0,
     affinity_dropout: float = 0.0,
     unknown_user: int | None = None,
+    negative_distribution: torch.Tensor | None = None,
 ) -> StepBatch:
     """Redraw the chosen episodes: a random permutation of each profile's points; the first
     min(support_size, n // 2) are the support, up to query_cap of the rest the labelled
@@ -275,7 +278,17 @@ def draw_step(
     query_mask = positions[:, :query_width] < query_count[:, None]
     # more draws than the catalog has items add nothing but duplicates
     count = min(train.negatives, num_items)
-    negatives = torch.randint(0, num_items, (len(chosen), count), generator=generator)
+    if negative_distribution is None:
+        negatives = torch.randint(0, num_items, (len(chosen), count), generator=generator)
+        expected = torch.full(negatives.shape, count / num_items)
+    else:
+        negatives = torch.multinomial(
+            negative_distribution.expand(len(chosen), -1),
+            count,
+            replacement=True,
+            generator=generator,
+        )
+        expected = count * negative_distribution[negatives]
     target_items = torch.cat([query_items, negatives], dim=1)
     target_mask = torch.cat([query_mask, torch.zeros_like(negatives, dtype=torch.bool)], dim=1)
     target_labels = torch.cat([query_labels, torch.zeros(negatives.shape)], dim=1)
@@ -286,6 +299,8 @@ def draw_step(
     candidates = torch.cat([query_mask, torch.ones_like(negatives, dtype=torch.bool)], dim=1)
     candidates &= ~in_support.any(-1)
     positive = target_mask & (target_labels >= threshold)
+    # sampled softmax: a drawn item's logit is corrected by log(its expected draws)
+    correction = torch.cat([torch.zeros(query_mask.shape), torch.log(expected)], dim=1)
     return StepBatch(
         support_items=support_items,
         support_labels=labels[:, :support_width],
@@ -295,6 +310,7 @@ def draw_step(
         target_mask=target_mask,
         positive=positive,
         candidates=candidates,
+        correction=correction,
         users=hidden_users(
             profiles.users[chosen],
             unknown_user=unknown_user,
@@ -314,6 +330,18 @@ class TrainingData:
     profiles: Profiles
     fold_tensors: list[TableTensors]
     full_tensors: TableTensors
+
+
+def negative_distribution(popularity: torch.Tensor, train: TrainConfig) -> torch.Tensor | None:
+    """Where the listwise negatives are drawn from: (1 - w) uniform + w in proportion to
+    popularity^0.75 (w = negative_popularity); None for uniform draws."""
+    share = train.negative_popularity
+    if share <= 0:
+        return None
+    weights = popularity.detach().to("cpu", torch.float64).clamp_min(0) ** 0.75
+    uniform = torch.full_like(weights, 1.0 / weights.numel())
+    tilted = weights / weights.sum() if weights.sum() > 0 else uniform
+    return ((1 - share) * uniform + share * tilted).float()
 
 
 def hidden_users(
@@ -380,6 +408,7 @@ def train_step(
         target_mask=batch.target_mask,
         positive=batch.positive,
         candidates=batch.candidates,
+        correction=batch.correction,
         pointwise=train.pointwise_loss,
         pointwise_weight=train.pointwise_weight,
         listwise_weight=train.listwise_weight,
@@ -411,13 +440,44 @@ def fold_tables(
     return fold_of_user, tables
 
 
+FULL_VALIDATION_ITEMS = 8192  # above this, validation ranks the candidate stage's items only
+VALIDATION_CANDIDATES = 2000
+
+
 def validation_headline(
     model: TaNP, episodes: EpisodeSet, *, threshold: float, samples: int = 0
 ) -> dict[str, np.ndarray]:
-    """Per-user validation NDCG@5 and catalog Recall@20 (the selection metrics)."""
-    return per_user_headline(
-        episodes, tanp_scores(model, episodes, samples=samples), threshold=threshold
-    )
+    """Per-user validation NDCG@5 and catalog Recall@20 (the selection metrics). Over a big
+    catalog each epoch ranks only each user's query items and candidate-stage items (what the
+    service does above its full-scoring limit); the test users are always ranked over all."""
+    if model.config.num_items <= FULL_VALIDATION_ITEMS:
+        scores = tanp_scores(model, episodes, samples=samples)
+    else:
+        scores = candidate_scores(model, episodes, count=VALIDATION_CANDIDATES)
+    return per_user_headline(episodes, scores, threshold=threshold)
+
+
+def candidate_scores(model: TaNP, episodes: EpisodeSet, *, count: int) -> np.ndarray:
+    """(E, items): -inf except each episode's query items and its candidate stage."""
+    scorer = Scorer(model)
+    scores = np.full((len(episodes), model.config.num_items), -np.inf, dtype=np.float32)
+    for start in range(0, len(episodes), 64):
+        rows = slice(start, min(start + 64, len(episodes)))
+        state = support_state(scorer, episodes, rows)
+        chosen = []
+        for offset, episode in enumerate(range(rows.start, rows.stop)):
+            one = state_rows(state, slice(offset, offset + 1))
+            candidates = scorer.candidates(one, count=count)[0].cpu()
+            query = torch.from_numpy(episodes.query(episode)[0])
+            chosen.append(torch.cat([candidates, query]).unique())
+        width = max(len(items) for items in chosen)
+        padded = torch.stack(
+            [torch.cat([items, items[:1].expand(width - len(items))]) for items in chosen]
+        )
+        values = scorer.scores(state, candidates=padded).float().cpu().numpy()
+        for offset, items in enumerate(chosen):
+            scores[rows.start + offset, items.numpy()] = values[offset, : len(items)]
+    return scores
 
 
 def train_model(
@@ -473,7 +533,15 @@ def train_model(
             else None,
         )
     unknown_user = model.config.unknown_user if model.config.user_input == "unknown" else None
+    distributions = [negative_distribution(tensors.popularity, train) for tensors in fold_tensors]
     best_score, best_epoch, best_state = -np.inf, 0, copy.deepcopy(model.state_dict())
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(train.weight_average)
+        )
+        if train.weight_average > 0
+        else None
+    )
     history: list[EpochRecord] = []
     for epoch in range(1, train.epochs + 1):
         epoch_started = time.perf_counter()
@@ -496,6 +564,7 @@ def train_model(
                 z_dim=model.config.z_dim,
                 affinity_dropout=model.config.affinity_dropout,
                 unknown_user=unknown_user,
+                negative_distribution=distributions[int(profiles.folds[chosen[0]])],
             )
             rows = shard.rows(len(chosen))
             sums += train_step(
@@ -508,7 +577,16 @@ def train_model(
             )
             if scheduler is not None:
                 scheduler.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
         full_tensors.install(model)
+        if averaged is not None:
+            # validate (and keep) the averaged weights; training goes on from the raw ones
+            raw = [parameter.detach().clone() for parameter in model.parameters()]
+            averaged_parameters = list(averaged.module.parameters())
+            with torch.no_grad():
+                for parameter, average in zip(model.parameters(), averaged_parameters, strict=True):
+                    parameter.copy_(average)
         train_seconds = time.perf_counter() - epoch_started
         eval_started = time.perf_counter()
         valid = validation_headline(
@@ -534,7 +612,11 @@ def train_model(
         if score > best_score:
             best_score, best_epoch = score, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif train.patience and epoch - best_epoch >= train.patience:
+        if averaged is not None:
+            with torch.no_grad():
+                for parameter, value in zip(model.parameters(), raw, strict=True):
+                    parameter.copy_(value)
+        if score <= best_score and train.patience and epoch - best_epoch >= train.patience:
             break
     model.load_state_dict(best_state)
     model.eval()
