@@ -64,7 +64,7 @@ test-fast: install-dev
 	$(BIN)/pytest -m "not slow and not integration"
 
 bench: install-dev
-	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/scale.py
 
 demo: install
 	bash scripts/demo.sh

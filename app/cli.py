@@ -1,16 +1,21 @@
 """`tanp-serve`: run the service with uvicorn (`tanp-serve migrate` applies DB migrations).
 
 Settings come from the environment (SPEC section 8); the app is built by the factory in each
-worker, so `--workers N` works.
+worker, so `--workers N` works. uvicorn runs with `app.server`'s protocol (header and body
+timeouts), its keep-alive and graceful-shutdown timeouts from the settings, after waiting for
+the port; workers of `--workers N` stop when their parent dies.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 
 import uvicorn
 
+from app.server import SUPERVISOR_PID_ENV, TimedHttpProtocol, wait_for_port
 from app.settings import Settings
 
 
@@ -31,12 +36,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return run_migrations_command()
     settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    if not wait_for_port(args.host, args.port, seconds=settings.bind_wait_seconds):
+        sys.stderr.write(f"tanp-serve: error: cannot bind {args.host}:{args.port}\n")
+        return 1
+    if args.workers > 1:
+        # read by every worker's app factory (`die_with_parent`)
+        os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
     uvicorn.run(
         "app.main:create_app_from_env",
         factory=True,
         host=args.host,
         port=args.port,
         workers=args.workers,
+        http=TimedHttpProtocol,
+        timeout_keep_alive=settings.keep_alive_seconds,
+        timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         log_level=settings.log_level.lower(),
         access_log=False,
     )

@@ -1,9 +1,10 @@
-"""SQL reads and writes of the model registry, the admin audit and the item catalog.
+"""SQL reads and writes of the model registry and the item catalog.
 
 Plain functions over a session factory with keyword-only data: model versions (one row per run
-directory, at most one `active`), audit rows, and the catalog rows of the served model. Every
+directory, at most one `active`) and the catalog rows of the served model. Every
 function raises on database errors; callers decide how to degrade. Knows nothing about loading
-models, settings or HTTP (the request log has its own writer in `app.request_log`).
+models, settings or HTTP (the request log and the admin audit have spooled writers of their own:
+`app.request_log`, `app.audit_log`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db import SessionFactory
-from app.models_sql import AdminAudit, CatalogItem, ModelVersion
+from app.models_sql import CatalogItem, ModelVersion
 
 STATUS_AVAILABLE = "available"
 STATUS_ACTIVE = "active"
@@ -83,9 +84,17 @@ def mark_active(
         return _record(row)
 
 
-def mark_failed(sessions: SessionFactory, *, name: str, path: Path, message: str) -> VersionRecord:
-    """Record why a version could not be loaded (an active version stays active elsewhere)."""
-    return register_version(sessions, name=name, path=path, manifest=None, error=message)
+def mark_failed(
+    sessions: SessionFactory,
+    *,
+    name: str,
+    path: Path,
+    message: str,
+    manifest: dict[str, Any] | None = None,
+) -> VersionRecord:
+    """Record why a version could not be loaded or answer (with its `manifest` when it reads:
+    the mark then belongs to those weights and survives re-registration)."""
+    return register_version(sessions, name=name, path=path, manifest=manifest, error=message)
 
 
 def active_version(sessions: SessionFactory) -> str | None:
@@ -97,6 +106,26 @@ def active_version(sessions: SessionFactory) -> str | None:
             .order_by(ModelVersion.activated_at.desc())
             .limit(1)
         ).one_or_none()
+
+
+def activated_since(sessions: SessionFactory, moment: datetime) -> bool:
+    """Whether any version was activated after `moment`."""
+    with sessions() as session:
+        found = session.scalars(
+            select(ModelVersion.name).where(ModelVersion.activated_at > moment).limit(1)
+        ).first()
+        return found is not None
+
+
+def failed_versions(sessions: SessionFactory) -> dict[str, str]:
+    """Versions marked failed -> the recorded reason."""
+    with sessions() as session:
+        rows = session.execute(
+            select(ModelVersion.name, ModelVersion.message).where(
+                ModelVersion.status == STATUS_FAILED
+            )
+        ).all()
+        return {name: message or "" for name, message in rows}
 
 
 def registered_versions(sessions: SessionFactory) -> list[VersionRecord]:
@@ -116,9 +145,15 @@ def _record(row: ModelVersion) -> VersionRecord:
         metrics=dict(row.metrics or {}),
         status=row.status,
         message=row.message,
-        created_at=row.created_at,
-        activated_at=row.activated_at,
+        created_at=_utc(row.created_at),
+        activated_at=None if row.activated_at is None else _utc(row.activated_at),
     )
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC): aware again, so the API's date-times
+    always carry their offset."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _parse_time(value: object) -> datetime:
@@ -145,44 +180,19 @@ def _upsert(
         session.add(row)
     row.path = str(path)
     if manifest is not None:
-        row.sha256 = str(manifest.get("weights_sha256") or "") or None
+        sha256 = str(manifest.get("weights_sha256") or "") or None
+        # A failed mark belongs to the weights it was found on: it survives re-registration
+        # (every restart) and is cleared only by other weights in the folder (a retrain) or
+        # by an explicit activation (`mark_active`).
+        if row.status == STATUS_FAILED and error is None and sha256 != row.sha256:
+            row.status, row.message = STATUS_AVAILABLE, None
+        row.sha256 = sha256
         metrics = manifest.get("metrics")
         row.metrics = dict(metrics) if isinstance(metrics, dict) else {}
         row.created_at = _parse_time(manifest.get("created_at"))
-        if row.status == STATUS_FAILED and error is None:
-            row.status, row.message = STATUS_AVAILABLE, None
     if error is not None:
         row.status, row.message = STATUS_FAILED, error
     return row
-
-
-# --- admin audit ---------------------------------------------------------------------------
-
-
-def write_audit(
-    sessions: SessionFactory,
-    *,
-    actor: str,
-    action: str,
-    target: str | None,
-    allowed: bool,
-    status_code: int,
-    message: str | None,
-    client_ip: str | None,
-) -> None:
-    """Append one admin audit row."""
-    with sessions.begin() as session:
-        session.add(
-            AdminAudit(
-                actor=actor,
-                action=action,
-                target=None if target is None else target[:256],
-                allowed=allowed,
-                status_code=status_code,
-                message=message,
-                client_ip=None if client_ip is None else client_ip[:64],
-            )
-        )
 
 
 # --- item catalog --------------------------------------------------------------------------

@@ -20,6 +20,15 @@ logger = logging.getLogger(__name__)
 # Package data of `app` (pyproject.toml), so an installed wheel migrates without the source tree.
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
+# libpq: a peer that stops answering (a partition, a dead host) fails a connection in about
+# 15 s instead of hanging it until the kernel gives up (minutes).
+POSTGRES_LIVENESS = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+    "tcp_user_timeout": 15_000,
+}
 
 SessionFactory = sessionmaker[Session]
 
@@ -44,6 +53,7 @@ def make_engine(database_url: str) -> Engine:
     if url.startswith("postgresql"):
         # A dead DB must fail a connection attempt quickly, never hang a worker for minutes.
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+        connect_args.update(POSTGRES_LIVENESS)
     return create_engine(url, connect_args=connect_args, pool_pre_ping=True, future=True)
 
 

@@ -10,14 +10,23 @@
     │   └── UnknownVersionError  404  no run directory of that name under MODELS_DIR
     ├── PayloadTooLargeError     413  a request body over MAX_BODY_BYTES
     ├── ModelRefusedError        422  a checkpoint that failed verification (old model serves on)
-    └── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
+    ├── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
+    │   └── RegistryUnavailableError 503  an activation SQL could not record: nothing changed
+    └── ModelFaultError          503  the served model broke an invariant answering this request
 
-Malformed JSON and wrong types stay FastAPI's own 422 (`RequestValidationError`).
+Malformed JSON, wrong types and out-of-range values are FastAPI's `RequestValidationError`: 422
+with its list of errors, made JSON-safe here (a NaN, an infinity or a lone surrogate in the input
+is echoed as an escaped string, never allowed to break the answer).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 MAX_NAMED_IDS = 20  # an error message names at most this many ids, then says how many more
@@ -97,6 +106,26 @@ class ModelUnavailableError(ServingError):
         return {"Retry-After": str(self.retry_after_seconds)}
 
 
+class RegistryUnavailableError(ModelUnavailableError):
+    """An activation the model registry could not record: refused so that no acknowledged
+    reload is ever undone; nothing was changed."""
+
+
+class ModelFaultError(ServingError):
+    """The served model broke an invariant on this request (non-finite scores, an index outside
+    the catalog): counted, and the version is marked failed in the registry."""
+
+    status_code = 503
+
+    def __init__(self, *, version: str, reason: str, kind: str) -> None:
+        super().__init__(
+            f"model {version!r} could not answer this request: {reason}; the version is marked "
+            "failed, an operator should activate another one"
+        )
+        self.version = version
+        self.kind = kind  # the metric's label: "non_finite" or "error"
+
+
 def name_ids(ids: list[str]) -> str:
     """`'a', 'b'` style list, cut after MAX_NAMED_IDS so a huge bad request stays a small reply."""
     shown = ", ".join(repr(item) for item in ids[:MAX_NAMED_IDS])
@@ -106,8 +135,27 @@ def name_ids(ids: list[str]) -> str:
 
 def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(
-        status_code=error.status_code, content={"detail": error.detail}, headers=error.headers()
+        status_code=error.status_code,
+        content={"detail": json_safe(error.detail)},
+        headers=error.headers(),
     )
+
+
+def json_safe(value: object) -> Any:
+    """`value` as strict JSON can carry it: non-finite floats become their names ("nan",
+    "inf", "-inf"), lone surrogates in strings and keys become backslash escapes, tuples become
+    lists and anything else unknown its `str`."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bool | int) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {json_safe(str(key)): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return json_safe(str(value))
 
 
 async def _handle_serving_error(request: Request, error: Exception) -> JSONResponse:
@@ -115,5 +163,12 @@ async def _handle_serving_error(request: Request, error: Exception) -> JSONRespo
     return error_response(error)
 
 
+async def _handle_validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    detail = json_safe(jsonable_encoder(error.errors()))
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServingError, _handle_serving_error)
+    app.add_exception_handler(RequestValidationError, _handle_validation_error)

@@ -48,7 +48,9 @@ class ServingModel:
         model = loaded.model
         items = loaded.items
         names: list[str | None] = (
-            list(loaded.item_names) if loaded.item_names is not None else [None] * len(items)
+            [name or None for name in loaded.item_names]
+            if loaded.item_names is not None
+            else [None] * len(items)
         )
         urls: list[str | None] = (
             [url or None for url in loaded.item_urls]

@@ -18,8 +18,11 @@ import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import Match, Mount, Router
+from starlette.types import ASGIApp, Scope
 
 from app.api.routes import admin, health, items, recommend
+from app.audit_log import AuditLog
 from app.broadcast import ModelBroadcast, worker_id
 from app.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
 from app.db import open_database
@@ -29,6 +32,7 @@ from app.middleware import ServiceMiddleware
 from app.models_service import ModelService
 from app.recommender import Recommender
 from app.request_log import SqlRequestLog
+from app.server import die_with_parent
 from app.settings import Settings
 from app.state import ServiceState
 from app.telemetry import Metrics
@@ -57,7 +61,19 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
     loads the startup model and starts the model threads."""
     cache = build_cache(settings, metrics)
     database = open_database(settings.database_url, migrate=settings.migrate_on_start)
-    request_log = SqlRequestLog(database.sessions, on_failure=metrics.request_log_failures.inc)
+    request_log = SqlRequestLog(
+        database.sessions,
+        spool_dir=settings.spool_dir() / "request_log",
+        spool_max_bytes=settings.request_log_spool_bytes,
+        on_failure=metrics.request_log_failures.inc,
+        on_drop=metrics.request_log_dropped.inc,
+    )
+    audit_log = AuditLog(
+        database.sessions,
+        spool_dir=settings.spool_dir() / "admin_audit",
+        spool_max_bytes=settings.request_log_spool_bytes,
+    )
+    metrics.request_log_pending.set_function(request_log.pending)
     worker = worker_id()
     holder = ModelHolder()
 
@@ -81,6 +97,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         ),
         worker=worker,
         reconcile_seconds=settings.reconcile_seconds,
+        registry_timeout_seconds=settings.registry_timeout_seconds,
         on_swap=on_swap,
     )
     models.start(pinned=settings.active_model)
@@ -93,11 +110,13 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         cache=cache,
         database=database,
         request_log=request_log,
+        audit_log=audit_log,
         recommender=Recommender(
             cache=cache,
             metrics=metrics,
             request_log=request_log,
             max_support=settings.max_support,
+            on_model_fault=models.report_fault,
         ),
     )
 
@@ -139,12 +158,31 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(ServiceMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
     if STATIC_DIR.is_dir():
         # Mounted after every API route so "/" never shadows them.
-        app.mount("/", StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        app.router.routes.append(
+            PageMount(app.router, app=StaticFiles(directory=STATIC_DIR, html=True), name="static")
+        )
     return app
+
+
+class PageMount(Mount):
+    """The onboarding page's files at "/", behind the API: a path some API route serves under
+    another method is left to the router, which answers 405 with `Allow` (a plain mount at
+    "/" matches every path and would answer 404)."""
+
+    def __init__(self, router: Router, *, app: ASGIApp, name: str) -> None:
+        super().__init__("/", app=app, name=name)
+        self._router = router
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        for route in self._router.routes:
+            if route is not self and route.matches(scope)[0] != Match.NONE:
+                return Match.NONE, {}
+        return super().matches(scope)
 
 
 def create_app_from_env() -> FastAPI:
     """uvicorn factory (`app.main:create_app_from_env`): settings from the environment."""
+    die_with_parent()
     settings = Settings()
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

@@ -3,14 +3,17 @@
 `recommend` checks the request against the model (MAX_SUPPORT, catalog ids, label range), takes
 the task state from the cache or encodes it, scores, ranks, draws the uncertainty and falls back
 to popularity for an empty support set; refusals are `ServingError`s. Scoring goes only through
-`tanp.scoring` (the code offline evaluation uses). `Recommender` is the per-app wrapper that also
-counts every call (Prometheus) and writes its request-log entry. Knows nothing about HTTP.
+`tanp.scoring` (the code offline evaluation uses); a model that scores NaN or infinity, or fails
+inside scoring, is a `ModelFaultError`, never a wrong ranking or an anonymous 500. `Recommender`
+is the per-app wrapper that also counts every call (Prometheus), reports model faults and writes
+the request-log entry. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -18,7 +21,13 @@ import numpy as np
 import torch
 
 from app.cache import TaskStateCache, support_digest
-from app.errors import InvalidRequestError, RatingRangeError, UnknownItemsError, name_ids
+from app.errors import (
+    InvalidRequestError,
+    ModelFaultError,
+    RatingRangeError,
+    UnknownItemsError,
+    name_ids,
+)
 from app.holder import ServingModel
 from app.request_log import RequestLogEntry, RequestLogSink
 from app.schemas import RecommendRequest
@@ -99,20 +108,29 @@ def recommend(
         digest = support_digest((item.item_id, item.rating) for item in request.support)
         state = cache.get(model_version=model.version, digest=digest, device=model.scorer.device)
         cached = state is not None
-        if state is None:
-            state = model.scorer.encode_one(support, labels)
-            cache.put(model_version=model.version, digest=digest, state=state)
-        chosen, scores = _model_top(
-            model, state=state, excluded=excluded, candidates=candidates, k=request.k
-        )
-        if request.uncertainty_samples > 0 and chosen.size:
-            uncertainty = _uncertainty(
-                model,
-                state=state,
-                chosen=chosen,
-                samples=request.uncertainty_samples,
-                digest=digest,
+        try:
+            if state is None:
+                state = model.scorer.encode_one(support, labels)
+                cache.put(model_version=model.version, digest=digest, state=state)
+            chosen, scores = _model_top(
+                model, state=state, excluded=excluded, candidates=candidates, k=request.k
             )
+            if request.uncertainty_samples > 0 and chosen.size:
+                uncertainty = _uncertainty(
+                    model,
+                    state=state,
+                    chosen=chosen,
+                    samples=request.uncertainty_samples,
+                    digest=digest,
+                )
+        except (RuntimeError, IndexError) as error:
+            if _out_of_memory(error):
+                raise
+            raise ModelFaultError(
+                version=model.version,
+                reason=f"scoring failed: {type(error).__name__}",
+                kind="error",
+            ) from error
     inference_seconds = time.perf_counter() - started
 
     items = [
@@ -146,20 +164,30 @@ class Recommender:
         metrics: Metrics,
         request_log: RequestLogSink,
         max_support: int,
+        on_model_fault: Callable[[ModelFaultError], None] | None = None,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
         self.request_log = request_log
         self.max_support = max_support
+        self.on_model_fault = on_model_fault
 
     def recommend(
         self, *, model: ServingModel, request: RecommendRequest, request_id: str
     ) -> Recommendation:
-        """`recommend`, plus metrics and one request-log entry per answered call."""
+        """`recommend`, plus metrics and one request-log entry per answered call; a model
+        fault is counted and reported (`on_model_fault`) before it is raised."""
         started = time.perf_counter()
-        answer = recommend(
-            model=model, cache=self.cache, request=request, max_support=self.max_support
-        )
+        try:
+            answer = recommend(
+                model=model, cache=self.cache, request=request, max_support=self.max_support
+            )
+        except ModelFaultError as fault:
+            self.metrics.model_faults.labels(version=fault.version, reason=fault.kind).inc()
+            logger.error("request %s: %s", request_id, fault.detail)
+            if self.on_model_fault is not None:
+                self.on_model_fault(fault)
+            raise
         metrics = self.metrics
         if answer.fallback is None:
             (metrics.cache_hits if answer.cached else metrics.cache_misses).inc()
@@ -183,7 +211,7 @@ class Recommender:
             self.request_log.record(entry)
         except Exception:
             # The request log is bookkeeping: a broken sink must never fail a recommendation.
-            self.metrics.request_log_failures.inc()
+            self.metrics.request_log_dropped.inc()
             logger.exception("request log sink failed for %s", entry.request_id)
 
 
@@ -212,14 +240,27 @@ def _model_top(
     scorer = model.scorer
     if candidates is None:
         scores = scorer.scores(state)[0].cpu().numpy()  # (N,)
+        _check_finite(model, scores)
         chosen = rank(scores, k=k, exclude=excluded)
         return chosen, scores[chosen]
     if candidates.size == 0:
         return candidates, np.zeros(0, dtype=np.float32)
     candidate_tensor = torch.from_numpy(candidates).unsqueeze(0)  # (1, C)
     scores = scorer.scores(state, candidates=candidate_tensor)[0].cpu().numpy()  # (C,)
+    _check_finite(model, scores)
     positions = rank(scores, k=k, exclude=np.flatnonzero(np.isin(candidates, excluded)))
     return candidates[positions], scores[positions]
+
+
+def _check_finite(model: ServingModel, values: np.ndarray | torch.Tensor) -> None:
+    """The invariant every answer rests on: no NaN or infinity in what the model computed."""
+    if not bool(torch.isfinite(torch.as_tensor(values)).all()):
+        raise ModelFaultError(version=model.version, reason="non-finite scores", kind="non_finite")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Memory exhaustion is the machine's trouble, not the model's: never marked as a fault."""
+    return isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower()
 
 
 def _popularity_top(
@@ -246,4 +287,6 @@ def _uncertainty(
         candidates=torch.from_numpy(chosen).unsqueeze(0),
         generator=generator,
     )  # (S, 1, k)
-    return sampled[:, 0, :].std(dim=0, correction=0).cpu().tolist()
+    spread = sampled[:, 0, :].std(dim=0, correction=0)
+    _check_finite(model, spread)
+    return spread.cpu().tolist()

@@ -2,6 +2,8 @@
 
 Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
 the label range, the catalog) are checked by `app.recommender` and raise `app.errors` exceptions.
+Request bodies are validated strictly: JSON's types as the schema states them (`true` is not the
+number 1, `5.0` is not the integer 5).
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _repeated(values: list[str]) -> list[str]:
 class SupportItem(BaseModel):
     """One rated item of the new user (rating within the model's label range, 0/1 on Last.fm)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     item_id: ItemId
     rating: float = Field(allow_inf_nan=False)
@@ -59,7 +61,7 @@ class RecommendRequest(BaseModel):
     """A support set and what to return; see SPEC section 6."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [RECOMMEND_REQUEST_EXAMPLE]}
+        extra="forbid", strict=True, json_schema_extra={"examples": [RECOMMEND_REQUEST_EXAMPLE]}
     )
 
     support: list[SupportItem] = Field(default_factory=list, max_length=HARD_MAX_LIST)
@@ -149,6 +151,7 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"version": "lastfm-2025-11-29"}, {"latest": True}]},
     )
 

@@ -5,6 +5,8 @@ Nothing here is built at import time; `create_app(settings)` receives an instanc
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +33,21 @@ class Settings(BaseSettings):
     migrate_on_start: bool = False
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     reconcile_seconds: float = Field(default=5.0, gt=0)
+    # Slow clients (app.server): a request's line and headers, then its body, must arrive
+    # within these; an idle connection between requests is closed after KEEP_ALIVE_SECONDS.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    keep_alive_seconds: int = Field(default=5, ge=1)
+    # At shutdown, requests in flight get this long; at start, a port still held by a previous
+    # server's draining workers is waited for this long.
+    graceful_shutdown_seconds: int = Field(default=10, ge=1)
+    bind_wait_seconds: float = Field(default=30.0, ge=0)
+    # Request-log rows wait here while SQL is down (per worker bound); unset: a folder per
+    # DATABASE_URL under the system's temporary directory.
+    request_log_spool_dir: Path | None = None
+    request_log_spool_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # An admin activation waits this long for SQL to record it, then answers 503 unchanged.
+    registry_timeout_seconds: float = Field(default=10.0, gt=0)
     # Prefix of the model-broadcast keys and channel (`tanp:models`, `tanp:active_model`,
     # `tanp:workers`); pub/sub channels ignore the Redis DB index, so deployments (and test
     # sessions) sharing one Redis server separate themselves with it.
@@ -47,7 +64,17 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("admin_token", "active_model", "redis_url", mode="before")
+    def spool_dir(self) -> Path:
+        """REQUEST_LOG_SPOOL_DIR, else `<tmp>/tanp-request-log/<hash of DATABASE_URL>`: every
+        worker of one deployment shares it, deployments with other databases never do."""
+        if self.request_log_spool_dir is not None:
+            return self.request_log_spool_dir
+        digest = hashlib.sha256(self.database_url.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / "tanp-request-log" / digest
+
+    @field_validator(
+        "admin_token", "active_model", "redis_url", "request_log_spool_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes `VAR=` as an empty string; empty means "not configured"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.audit_log import AuditLog
 from app.cache import TaskStateCache
 from app.db import Database
 from app.holder import ModelHolder
@@ -28,11 +29,14 @@ class ServiceState:
     cache: TaskStateCache
     database: Database
     request_log: SqlRequestLog
+    audit_log: AuditLog
     recommender: Recommender
 
     def close(self) -> None:
-        """Blocking: stop the model threads, flush the request log, close DB and cache."""
+        """Blocking: stop the model threads, flush the request and audit logs, close DB and
+        cache."""
         self.models.stop()
         self.request_log.close()
+        self.audit_log.close()
         self.database.close()
         self.cache.close()

@@ -59,9 +59,27 @@ class Metrics:
             ["version", "device"],
             registry=self.registry,
         )
+        self.model_faults = Counter(
+            "tanp_model_faults",
+            "Requests the served model could not answer because it broke an invariant "
+            "(non_finite: NaN or infinite scores; error: scoring raised).",
+            ["version", "reason"],
+            registry=self.registry,
+        )
         self.request_log_failures = Counter(
             "tanp_request_log_failures",
-            "Request-log entries that could not be written.",
+            "Failed request-log writes to SQL; their rows stay spooled and are retried.",
+            registry=self.registry,
+        )
+        self.request_log_dropped = Counter(
+            "tanp_request_log_dropped",
+            "Request-log rows lost: past the spool's bound (REQUEST_LOG_SPOOL_BYTES) or the "
+            "memory queue's, or refused by a broken sink.",
+            registry=self.registry,
+        )
+        self.request_log_pending = Gauge(
+            "tanp_request_log_pending_rows",
+            "Request-log rows recorded but not yet in SQL (queued or spooled), this worker.",
             registry=self.registry,
         )
 

@@ -1,7 +1,8 @@
 """Version names: a version is the name of a run directory directly under MODELS_DIR.
 
 The one place that validates a name and turns it into a path: never a URL, never a path,
-never a symlink or anything else that leads out of MODELS_DIR. Refusals are `ServingError`s
+never a symlink or anything else that leads out of MODELS_DIR (the folder, its manifest or its
+weights). Refusals are `ServingError`s
 (400 for a name that is not one, 404 for a name with no run directory). Knows nothing about
 loading models.
 """
@@ -12,7 +13,7 @@ import re
 from pathlib import Path
 
 from app.errors import InvalidVersionError, UnknownVersionError
-from tanp.checkpoint import MANIFEST_FILE
+from tanp.checkpoint import MANIFEST_FILE, WEIGHTS_FILE
 
 VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -35,6 +36,9 @@ def resolve_version(models_dir: Path, version: str) -> Path:
         raise InvalidVersionError(
             f"{version!r} under MODELS_DIR is not a run directory (no {MANIFEST_FILE})"
         )
+    for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        if not (candidate / name).resolve().is_relative_to(models_dir.resolve()):
+            raise InvalidVersionError(f"{version!r}: {name} is a link that leaves MODELS_DIR")
     return candidate
 
 

@@ -1,8 +1,9 @@
 """Run directory = one model version: `model.safetensors` (weights only) + `manifest.json`.
 
 `save_checkpoint` writes both; `build_model` is the one loader every consumer uses: it checks
-the format version, the weights' sha256, the tensor shapes and the manifest probe, and raises
-`CheckpointError` with a clear message on any mismatch. No pickle anywhere.
+the manifest's fields, the weights' sha256, the tensor names, shapes and values (finite, item
+indices inside the catalog) and the manifest probe, and every refusal is a `CheckpointError`
+with a clear message, never another exception. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -78,13 +79,59 @@ def make_probe(model: TaNP, *, top: int = 10) -> dict[str, Any]:
     }
 
 
-def check_probe(scorer: Scorer, probe: dict[str, Any]) -> float:
-    """Largest absolute score difference on the probe's expected top items."""
-    state = scorer.encode_one(list(probe["support_indices"]), list(probe["support_labels"]))
-    scores = scorer.scores(state)[0].cpu().numpy()
-    expected = probe["top_scores"]
-    got = [float(scores[index]) for index in probe["top_indices"]]
-    return max((abs(a - b) for a, b in zip(got, expected, strict=True)), default=0.0)
+@dataclass(frozen=True)
+class Probe:
+    """The manifest's probe, checked: a support set and the scores its top items must get."""
+
+    support_indices: list[int]
+    support_labels: list[float]
+    top_indices: list[int]
+    top_scores: list[float]
+
+
+def read_probe(value: object, *, num_items: int) -> Probe:
+    """The manifest's `probe` entry as a Probe; ValueError saying what is wrong with it."""
+    if not isinstance(value, dict):
+        raise ValueError(f"probe is {type(value).__name__}, not an object")
+    support = _indices(value.get("support_indices"), what="probe support_indices", end=num_items)
+    top = _indices(value.get("top_indices"), what="probe top_indices", end=num_items)
+    labels = _numbers(value.get("support_labels"), what="probe support_labels", count=len(support))
+    scores = _numbers(value.get("top_scores"), what="probe top_scores", count=len(top))
+    return Probe(support, labels, top, scores)
+
+
+def check_probe(scorer: Scorer, probe: Probe) -> float:
+    """Largest absolute score difference on the probe's expected top items; ValueError when
+    the model's scores for the probe's support set are not all finite."""
+    state = scorer.encode_one(probe.support_indices, probe.support_labels)
+    scores = scorer.scores(state)[0]  # (N,)
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("the model's probe scores are not finite (NaN or infinity)")
+    got = scores.cpu().numpy()[probe.top_indices].tolist()
+    return max((abs(a - b) for a, b in zip(got, probe.top_scores, strict=True)), default=0.0)
+
+
+def _indices(value: object, *, what: str, end: int) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(index, int) and not isinstance(index, bool) for index in value
+    ):
+        raise ValueError(f"{what} is not a list of integers")
+    if any(not 0 <= index < end for index in value):
+        raise ValueError(f"{what} has indices outside [0, {end})")
+    return list(value)
+
+
+def _numbers(value: object, *, what: str, count: int) -> list[float]:
+    if not isinstance(value, list) or len(value) != count:
+        raise ValueError(f"{what} is not a list of {count} numbers")
+    numbers: list[float] = []
+    for number in value:
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            raise ValueError(f"{what} is not a list of {count} numbers")
+        if not math.isfinite(number):
+            raise ValueError(f"{what} holds a non-finite number")
+        numbers.append(float(number))
+    return numbers
 
 
 def save_checkpoint(
@@ -176,10 +223,29 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def build_model(
     run_dir: Path | str, device: str | torch.device = "cpu", *, check: bool = True
 ) -> LoadedModel:
-    """Load and verify a run directory; raises CheckpointError on any mismatch."""
+    """Load and verify a run directory; every refusal is a CheckpointError naming the file.
+
+    Checked, in order: the manifest's format and fields (item ids unique, texts valid UTF-8,
+    one name and URL per item, the probe's indices inside the catalog); the weights' sha256;
+    that model_config builds a model (on the meta device, so no memory is spent on a bad one)
+    whose tensors have exactly the file's names and shapes; every floating tensor finite and
+    every integer tensor named `*_index` within [0, num_items); then, with `check`, the probe:
+    finite scores that match the manifest's within PROBE_TOLERANCE.
+    """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
+    where = run_dir / MANIFEST_FILE
     weights_path = run_dir / WEIGHTS_FILE
+    config = _config(manifest["model_config"], where=where)
+    try:
+        items = _texts(manifest["items"], what="items", count=config.num_items)
+        if len(set(items)) != len(items):
+            raise ValueError("items holds duplicate ids")
+        names = _optional_texts(manifest.get("item_names"), what="item_names", count=len(items))
+        urls = _optional_texts(manifest.get("item_urls"), what="item_urls", count=len(items))
+        probe = read_probe(manifest["probe"], num_items=config.num_items) if check else None
+    except ValueError as error:
+        raise CheckpointError(f"{where}: {error}") from error
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: weights file missing")
     digest = sha256_file(weights_path)
@@ -189,21 +255,25 @@ def build_model(
             f"{str(manifest['weights_sha256'])[:12]}... (corrupt or replaced weights)"
         )
     try:
-        config = TaNPConfig.from_dict(manifest["model_config"])
-    except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{run_dir / MANIFEST_FILE}: bad model_config: {error}") from error
-    items = [str(item) for item in manifest["items"]]
-    if len(items) != config.num_items:
-        raise CheckpointError(
-            f"{run_dir / MANIFEST_FILE}: {len(items)} item ids but num_items={config.num_items}"
-        )
-    target = resolve_device(device)
-    try:
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError) as error:
         raise CheckpointError(
             f"{weights_path}: not a readable safetensors file: {error}"
         ) from error
+    try:
+        skeleton = _skeleton(config)
+    except ValueError as error:
+        raise CheckpointError(f"{where}: bad model_config: {error}") from error
+    try:
+        _check_shapes(skeleton, state)
+    except ValueError as error:
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit model_config: {error}"
+        ) from error
+    try:
+        _check_values(state, num_items=config.num_items)
+    except ValueError as error:
+        raise CheckpointError(f"{weights_path}: {error}") from error
     model = TaNP(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -213,35 +283,103 @@ def build_model(
         raise CheckpointError(
             f"{weights_path}: weights do not fit model_config: {detail}"
         ) from error
-    model.to(target)
-    scorer = Scorer(model)
-    if check:
-        difference = check_probe(scorer, manifest["probe"])
-        if not math.isfinite(difference) or difference > PROBE_TOLERANCE:
-            raise CheckpointError(
-                f"{run_dir}: probe scores differ by {difference:.3g} from the manifest's "
-                "(weights and manifest disagree)"
-            )
-    names = manifest.get("item_names")
+    model.to(resolve_device(device))
+    try:
+        scorer = Scorer(model)
+        difference = check_probe(scorer, probe) if probe is not None else 0.0
+    except (RuntimeError, IndexError, ValueError) as error:
+        raise CheckpointError(f"{run_dir}: the model fails its probe: {error}") from error
+    if not math.isfinite(difference) or difference > PROBE_TOLERANCE:
+        raise CheckpointError(
+            f"{run_dir}: probe scores differ by {difference:.3g} from the manifest's "
+            "(weights and manifest disagree)"
+        )
     return LoadedModel(
         model=model,
         scorer=scorer,
         manifest=manifest,
         run_dir=run_dir,
         items=items,
-        item_names=[str(name) for name in names] if names else None,
-        item_urls=_item_urls(manifest, run_dir=run_dir, count=len(items)),
+        item_names=names,
+        item_urls=urls,
     )
 
 
-def _item_urls(manifest: dict[str, Any], *, run_dir: Path, count: int) -> list[str] | None:
-    """`item_urls` of the manifest: None when absent (older manifests) or null; "" for a null
-    entry; refused unless it is a list with one entry per item."""
-    urls = manifest.get("item_urls")
-    if urls is None:
+def _config(value: object, *, where: Path) -> TaNPConfig:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where}: bad model_config: not an object")
+    try:
+        return TaNPConfig.from_dict(value)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: bad model_config: {error}") from error
+
+
+def _skeleton(config: TaNPConfig) -> TaNP:
+    """The model `config` describes, on the meta device (shapes only, nothing allocated);
+    ValueError when the config builds none (negative or non-integer dimensions, ...)."""
+    try:
+        with torch.device("meta"):
+            return TaNP(config)
+    except Exception as error:  # whatever a nonsensical config makes the constructor raise
+        raise ValueError(f"it builds no model: {type(error).__name__}: {error}") from error
+
+
+def _check_shapes(skeleton: TaNP, state: dict[str, torch.Tensor]) -> None:
+    expected = {name: tuple(tensor.shape) for name, tensor in skeleton.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{name} is {tuple(state[name].shape)}, model_config wants {shape}"
+        for name, shape in expected.items()
+        if name in state and tuple(state[name].shape) != shape
+    ]
+    problems = (
+        ([f"missing {', '.join(missing[:5])}"] if missing else [])
+        + ([f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
+        + wrong[:3]
+    )
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _check_values(state: dict[str, torch.Tensor], *, num_items: int) -> None:
+    """Every floating tensor finite; every integer tensor named `*_index` (item indices, e.g.
+    neighbour lists) within [0, num_items). Written over names, not one model's buffers."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"tensor {name!r} holds non-finite values (NaN or infinity)")
+        elif name.endswith("_index") and tensor.numel() and tensor.dtype != torch.bool:
+            low, high = int(tensor.min()), int(tensor.max())
+            if low < 0 or high >= num_items:
+                raise ValueError(
+                    f"tensor {name!r} holds item indices {low}..{high}, outside [0, {num_items})"
+                )
+
+
+def _texts(value: object, *, what: str, count: int) -> list[str]:
+    """A list of `count` ids or names (strings; integers are read as their decimal text)."""
+    if not isinstance(value, list) or len(value) != count:
+        length = f"{len(value)} entries" if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"{what} is not a list of {count} entries ({length})")
+    texts: list[str] = []
+    for entry in value:
+        if isinstance(entry, bool) or not isinstance(entry, str | int):
+            raise ValueError(f"{what} holds {type(entry).__name__} entries, not strings")
+        text = str(entry)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(f"{what} holds text that is not valid UTF-8: {text!r}") from error
+        texts.append(text)
+    return texts
+
+
+def _optional_texts(value: object, *, what: str, count: int) -> list[str] | None:
+    """`item_names` / `item_urls`: None when absent (older manifests) or null; "" for a null
+    entry; else as `_texts`."""
+    if value is None:
         return None
-    if not isinstance(urls, list) or len(urls) != count:
-        raise CheckpointError(
-            f"{run_dir / MANIFEST_FILE}: item_urls is not a list of {count} entries"
-        )
-    return ["" if url is None else str(url) for url in urls]
+    if isinstance(value, list):
+        value = ["" if entry is None else entry for entry in value]
+    return _texts(value, what=what, count=count)

@@ -22,6 +22,7 @@ from training.episodes import Prepared, load_prepared, prepare, save_prepared
 from training.trainer import EpochRecord
 
 logger = logging.getLogger("tanp-train")
+DEFAULT_SPLIT_SEED = 2020
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -35,16 +36,27 @@ def _add_data_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
         choices=["auto", "ratings", "hetrec", "generic"],
     )
     parser.add_argument("--split", default="tanp", choices=["tanp", "random", "hetrec-median"])
-    parser.add_argument("--seed", type=int, default=2020, help="user split seed for --split random")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        help="user split seed for --split random and hetrec-median (default 2020)",
+    )
 
 
 def _load(args: argparse.Namespace) -> Prepared:
     if getattr(args, "prep", None):
         return load_prepared(args.prep)
+    if args.split == "tanp" and args.seed is not None:
+        logger.warning(
+            "--seed %d is ignored: --split tanp uses the authors' fixed users and episodes "
+            "(--seed draws them for --split random; --train-seed seeds training)",
+            args.seed,
+        )
     data_format: DataFormat = "hetrec-median" if args.split == "hetrec-median" else args.data_format
     interactions = load_interactions(args.data, data_format)
     directory = args.data if args.data.is_dir() else None
-    return prepare(interactions, split=args.split, seed=args.seed, directory=directory)
+    seed = DEFAULT_SPLIT_SEED if args.seed is None else args.seed
+    return prepare(interactions, split=args.split, seed=seed, directory=directory)
 
 
 def _configs(args: argparse.Namespace) -> tuple[TaNPConfig, TrainConfig]:

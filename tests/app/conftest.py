@@ -40,6 +40,7 @@ def make_client(models_dir: Path, tmp_path: Path) -> Iterator[AppFactory]:
             # Never the default ./tanp.db: each test gets its own migrated SQLite file.
             "database_url": f"sqlite:///{tmp_path / 'tanp.db'}",
             "migrate_on_start": True,
+            "request_log_spool_dir": tmp_path / "spool",
         }
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from app_helpers import AppFactory, TestClient, state_of
 from model_versions import save_version, two_versions
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sqlalchemy import select, text
 
 from app.crud import active_version, registered_versions
@@ -37,7 +37,9 @@ def admin(make_client: AppFactory, models: Path) -> TestClient:
 
 
 def audit_rows(client: TestClient) -> list[AdminAudit]:
-    with state_of(client).database.sessions() as session:
+    state = state_of(client)
+    state.audit_log.flush(timeout=10)  # rows are written by the audit log's thread
+    with state.database.sessions() as session:
         return list(session.scalars(select(AdminAudit).order_by(AdminAudit.id)))
 
 
@@ -145,7 +147,14 @@ def test_reload_and_activate_swap_the_served_model_and_the_registry(admin: TestC
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"version": "v1", "latest": True}, {"latest": False}, {"version": "v1", "path": "/x"}],
+    [
+        {},
+        {"version": "v1", "latest": True},
+        {"latest": False},
+        {"version": "v1", "path": "/x"},
+        {"latest": 1},
+        {"version": 1},
+    ],
 )
 def test_reload_body_must_name_exactly_one_target(admin: TestClient, body: dict[str, Any]) -> None:
     response = admin.post("/admin/models/reload", json=body, headers=AUTH)
@@ -220,7 +229,46 @@ def unknown_format(run_dir: Path) -> str:
     return "format_version 99 is not supported"
 
 
-@pytest.mark.parametrize("damage", [flip_one_byte, wrong_shapes, unknown_format])
+def edit_manifest(**changes: Any) -> Any:
+    def damage(run_dir: Path) -> str:
+        manifest = read_manifest(run_dir)
+        for key, value in changes.items():
+            outer, _, inner = key.partition(".")
+            if inner:
+                manifest[outer][inner] = value
+            else:
+                manifest[outer] = value
+        write_manifest(run_dir, manifest)
+        return next(iter(changes)).split(".")[0]
+
+    return damage
+
+
+def non_finite_weight(run_dir: Path) -> str:
+    """A flipped exponent bit (a weight becomes infinite) with the sha256 rewritten to match."""
+    tensors = load_file(str(run_dir / WEIGHTS_FILE))
+    tensors["decoder.output.weight"].view(-1)[0] = float("inf")
+    save_file(tensors, str(run_dir / WEIGHTS_FILE))
+    manifest = read_manifest(run_dir)
+    manifest["weights_sha256"] = sha256_file(run_dir / WEIGHTS_FILE)
+    write_manifest(run_dir, manifest)
+    return "non-finite"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        flip_one_byte,
+        wrong_shapes,
+        unknown_format,
+        edit_manifest(items=5),
+        edit_manifest(probe={}),
+        edit_manifest(**{"probe.support_indices": [0, 10**6]}),
+        edit_manifest(**{"model_config.z_dim": -3}),
+        edit_manifest(item_names=["only one"]),
+        non_finite_weight,
+    ],
+)
 def test_a_refused_checkpoint_leaves_the_old_model_serving(
     admin: TestClient, models: Path, damage: Any
 ) -> None:
@@ -263,3 +311,35 @@ def test_admin_routes_are_documented(admin: TestClient) -> None:
     assert {"/admin/models", "/admin/models/reload", "/admin/models/{version}/activate"} <= set(
         paths
     )
+
+
+def test_a_body_that_does_not_parse_is_audited_with_its_400(admin: TestClient) -> None:
+    """Issue 16 item 8: FastAPI's body-parse 400 was audited as a 500."""
+    response = admin.post(
+        "/admin/models/reload",
+        content=b'{"version": "\xff"}',
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 400
+    row = audit_rows(admin)[-1]
+    assert (row.action, row.status_code, row.allowed) == ("reload_model", 400, False)
+
+
+def test_weights_symlinked_out_of_models_dir_are_refused(
+    admin: TestClient, models: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 8: only the folder was checked, so a symlinked weights file loaded."""
+    outside = save_version(tmp_path / "outside", "evil", seed=9)
+    (models / "sneaky").mkdir()
+    shutil.copy(outside / "manifest.json", models / "sneaky" / "manifest.json")
+    (models / "sneaky" / WEIGHTS_FILE).symlink_to(outside / WEIGHTS_FILE)
+    response = reload(admin, "sneaky")
+    assert response.status_code == 400
+    assert "leaves MODELS_DIR" in response.json()["detail"]
+    assert serving_version(admin) == "v2"
+
+
+def test_audit_rows_keep_unprintable_targets_escaped(admin: TestClient) -> None:
+    response = reload(admin, "v1\x00../etc")
+    assert response.status_code == 400
+    assert audit_rows(admin)[-1].target == "v1\\x00../etc"

@@ -7,22 +7,21 @@ from typing import Any
 
 import pytest
 from model_versions import migrated_sqlite
-from sqlalchemy import select
 
 from app.crud import (
     CatalogRow,
     active_version,
     catalog_rows,
+    failed_versions,
     mark_active,
     mark_failed,
     refresh_catalog,
     register_version,
     registered_versions,
     replace_catalog,
-    write_audit,
 )
 from app.db import SessionFactory
-from app.models_sql import AdminAudit, ModelVersion
+from app.models_sql import ModelVersion
 
 
 @pytest.fixture
@@ -82,35 +81,30 @@ def test_a_failed_version_becomes_available_again_once_its_manifest_reads(
     assert (record.status, record.message) == ("available", None)
 
 
+def test_a_failed_mark_survives_re_registration_until_the_weights_change(
+    sessions: SessionFactory,
+) -> None:
+    """A restart registers every run directory again: the same weights stay failed."""
+    register_version(sessions, name="v1", path=Path("/m/v1"), manifest=manifest(1))
+    mark_failed(sessions, name="v1", path=Path("/m/v1"), message="non-finite scores")
+    record = register_version(sessions, name="v1", path=Path("/m/v1"), manifest=manifest(1))
+    assert (record.status, record.message) == ("failed", "non-finite scores")
+    retrained = register_version(sessions, name="v1", path=Path("/m/v1"), manifest=manifest(2))
+    assert (retrained.status, retrained.message) == ("available", None)
+    mark_failed(sessions, name="v1", path=Path("/m/v1"), message="non-finite scores")
+    activated = mark_active(sessions, name="v1", path=Path("/m/v1"), manifest=manifest(2))
+    assert (activated.status, activated.message) == ("active", None)  # an operator's choice
+    assert failed_versions(sessions) == {}
+    mark_failed(sessions, name="v2", path=Path("/m/v2"), message="bad probe")
+    assert failed_versions(sessions) == {"v2": "bad probe"}
+
+
 def test_model_version_rows_have_unique_names(sessions: SessionFactory) -> None:
     register_version(sessions, name="v1", path=Path("/m/v1"), manifest=manifest(1))
     with sessions() as session:
         session.add(ModelVersion(name="v1", path="x", metrics={}, status="available"))
         with pytest.raises(Exception, match="UNIQUE"):
             session.commit()
-
-
-def test_audit_rows_are_written(sessions: SessionFactory) -> None:
-    write_audit(
-        sessions,
-        actor="anonymous",
-        action="reload_model",
-        target="../x",
-        allowed=False,
-        status_code=401,
-        message="missing token",
-        client_ip="10.0.0.1",
-    )
-    with sessions() as session:
-        row = session.scalars(select(AdminAudit)).one()
-    assert (row.actor, row.action, row.target, row.allowed, row.status_code) == (
-        "anonymous",
-        "reload_model",
-        "../x",
-        False,
-        401,
-    )
-    assert row.at is not None
 
 
 ROWS = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from app_helpers import AppFactory, TestClient
 
 
@@ -26,3 +27,33 @@ def test_api_routes_win_over_static_mount(client: TestClient) -> None:
     # Whether or not app/static exists, API paths answer from the API.
     assert client.get("/livez").json() == {"status": "ok"}
     assert client.get("/openapi.json").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("GET", "/v1/recommend", "POST"),
+        ("GET", "/recommend", "POST"),
+        ("PUT", "/v1/recommend", "POST"),
+        ("POST", "/v1/items", "GET"),
+        ("DELETE", "/health", "GET"),
+        ("GET", "/admin/models/reload", "POST"),
+    ],
+)
+def test_a_wrong_method_on_an_api_route_is_405_despite_the_page_at_root(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    """Issue 16 item 8: the static mount at / answered these 404."""
+    response = client.request(method, path)
+    assert response.status_code == 405
+    assert response.headers["allow"] == allowed
+    assert response.json() == {"detail": "Method Not Allowed"}
+
+
+def test_the_page_and_its_files_are_still_served_and_unknown_paths_are_404(
+    client: TestClient,
+) -> None:
+    assert client.get("/").status_code == 200
+    assert client.get("/app.js").status_code == 200
+    missing = client.get("/no/such/page")
+    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}

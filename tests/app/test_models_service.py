@@ -8,18 +8,27 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from app_helpers import ITEMS, NAMES
 from model_versions import URLS, migrated_sqlite, save_version, two_versions
+from sqlalchemy.exc import OperationalError
 
-from app.crud import active_version, catalog_rows, mark_active, registered_versions
+from app.crud import active_version, catalog_rows, mark_active, mark_failed, registered_versions
 from app.db import SessionFactory
-from app.errors import ModelRefusedError, UnknownVersionError
+from app.errors import (
+    ModelFaultError,
+    ModelRefusedError,
+    RegistryUnavailableError,
+    UnknownVersionError,
+)
 from app.holder import ModelHolder, ServingModel
-from app.models_service import ModelService, choose_startup_version
+from app.models_service import ModelService, RegistryView, startup_candidates
+from tanp.checkpoint import read_manifest
 
 
 @pytest.fixture
@@ -59,13 +68,24 @@ def break_manifest(run_dir: Path) -> None:
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
-def test_startup_version_prefers_the_pin_then_the_registry_then_the_newest(models: Path) -> None:
-    assert choose_startup_version(models, pinned=None, registry_active=None) == "v2"
-    assert choose_startup_version(models, pinned="v1", registry_active="v2") == "v1"
-    assert choose_startup_version(models, pinned=None, registry_active="v1") == "v1"
-    # A registry's active version that left the disk is skipped.
-    assert choose_startup_version(models, pinned=None, registry_active="gone") == "v2"
-    assert choose_startup_version(models / "none", pinned=None, registry_active=None) is None
+def test_startup_candidates_put_the_pin_alone_then_the_registry_then_newest_first(
+    models: Path,
+) -> None:
+    save_version(models, "v3", seed=3)  # the newest
+    up = RegistryView(reachable=True, active="v1")
+    assert startup_candidates(models, pinned=None, registry=up) == ["v1", "v3", "v2"]
+    assert startup_candidates(models, pinned="v2", registry=up) == ["v2"]
+    # a registry's active version that left the disk is skipped; failed versions come last
+    gone = RegistryView(reachable=True, active="gone", failed={"v3": "non-finite scores"})
+    assert startup_candidates(models, pinned=None, registry=gone) == ["v2", "v1", "v3"]
+    # while SQL is down the last announced version comes first
+    down = RegistryView(reachable=False)
+    assert startup_candidates(models, pinned=None, registry=down, announced="v1") == [
+        "v1",
+        "v3",
+        "v2",
+    ]
+    assert startup_candidates(models / "none", pinned=None, registry=up) == []
 
 
 def test_start_registers_every_run_dir_serves_the_newest_and_fills_the_catalog(
@@ -200,7 +220,7 @@ def test_a_broken_active_version_is_tried_once_and_the_old_model_keeps_serving(
 
 def test_without_a_database_or_redis_there_is_no_desired_version(tmp_path: Path) -> None:
     service = make_service(tmp_path / "no-models-yet", None, [])
-    assert service.desired_version() is None
+    assert service.registry_view() == RegistryView(reachable=False)
     service.reconcile()  # nothing to follow, nothing on disk, nothing raised
     assert service.holder.current is None
     assert service.overview().registry == "disabled"
@@ -238,3 +258,214 @@ def test_a_pinned_version_is_waited_for_and_a_broken_one_tried_once(
         broken.reconcile()
     assert len([r for r in caplog.records if "found after start-up" in r.message]) == 1
     assert broken.holder.current is None and swapped == []
+
+
+class Outage:
+    """Wraps a session factory so the database can be cut (connection refused) or hung."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+        self.down = False
+        self.hung = threading.Event()
+        self.release = threading.Event()
+
+    def _enter(self) -> None:
+        if self.down:
+            raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+        if self.hung.is_set():
+            self.release.wait(30)
+
+    def __call__(self) -> Any:
+        self._enter()
+        return self._sessions()
+
+    def begin(self) -> Any:
+        self._enter()
+        return self._sessions.begin()
+
+
+class StaleAnnouncement:
+    """The Redis side as a worker sees it when the key is stale (Redis missed a publish)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+
+    def announced_version(self) -> str:
+        return self.version
+
+    def publish(self, version: str) -> None:
+        return None
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        return None
+
+
+def test_a_reload_the_registry_cannot_record_is_refused_and_changes_nothing(
+    models: Path, sessions: SessionFactory
+) -> None:
+    """Issue 16 item 1: a reload during a database outage answered 200, then the reconcile
+    went back to the old version once the database returned."""
+    outage = Outage(sessions)
+    service = make_service(models, cast(SessionFactory, outage), [])
+    service.start(pinned="v1")
+    follower = make_service(models, sessions, [])
+    follower.start(pinned=None)
+    assert serving_version(service) == serving_version(follower) == "v1"
+
+    outage.down = True
+    with pytest.raises(RegistryUnavailableError, match="could not record it") as refused:
+        service.activate("v2")
+    assert refused.value.status_code == 503 and refused.value.headers()["Retry-After"]
+    assert serving_version(service) == "v1"
+    service.reconcile()  # SQL down: nothing changes
+    outage.down = False
+    service.reconcile()
+    follower.reconcile()
+    assert serving_version(service) == serving_version(follower) == "v1"
+
+    acknowledged = service.activate("v2")  # recorded: acknowledged, and it stays
+    outage.down = True
+    service.reconcile()
+    outage.down = False
+    service.reconcile()
+    follower.reconcile()
+    assert serving_version(service) == serving_version(follower) == acknowledged.version == "v2"
+
+
+def test_a_hung_registry_bounds_the_reload_and_changes_nothing(
+    models: Path, sessions: SessionFactory
+) -> None:
+    outage = Outage(sessions)
+    service = make_service(models, cast(SessionFactory, outage), [])
+    service.registry_timeout_seconds = 0.2
+    service.start(pinned="v1")
+    outage.hung.set()
+    try:
+        with pytest.raises(RegistryUnavailableError, match=r"no answer within 0\.2 s"):
+            service.activate("v2")
+        assert serving_version(service) == "v1"
+    finally:
+        outage.hung.clear()
+        outage.release.set()
+
+
+def test_while_sql_is_down_a_stale_redis_key_is_not_followed(
+    models: Path, sessions: SessionFactory
+) -> None:
+    outage = Outage(sessions)
+    service = make_service(models, cast(SessionFactory, outage), [])
+    service.broadcast = cast(Any, StaleAnnouncement("v1"))
+    service.start(pinned=None)
+    service.activate("v2")  # recorded in SQL; say Redis missed the publish
+    outage.down = True
+    service.reconcile()
+    assert serving_version(service) == "v2"
+
+
+def test_a_start_while_sql_is_down_serves_the_announced_version_not_the_newest(
+    models: Path, sessions: SessionFactory
+) -> None:
+    mark_active(sessions, name="v1", path=models / "v1", manifest={})
+    outage = Outage(sessions)
+    outage.down = True
+    service = make_service(models, cast(SessionFactory, outage), [])
+    service.broadcast = cast(Any, StaleAnnouncement("v1"))
+    service.start(pinned=None)
+    assert serving_version(service) == "v1"  # v2 is newer, but v1 is what was acknowledged
+
+
+def test_a_pin_served_while_sql_was_down_is_recorded_once_it_answers(
+    models: Path, sessions: SessionFactory
+) -> None:
+    mark_active(sessions, name="v2", path=models / "v2", manifest={})
+    outage = Outage(sessions)
+    outage.down = True
+    service = make_service(models, cast(SessionFactory, outage), [])
+    service.start(pinned="v1")
+    assert serving_version(service) == "v1" and active_version(sessions) == "v2"
+    outage.down = False
+    service.reconcile()  # the pin is recorded, so the reconcile does not undo it
+    assert serving_version(service) == "v1" and active_version(sessions) == "v1"
+
+
+def test_a_start_whose_newest_version_is_corrupt_serves_the_newest_that_verifies(
+    models: Path, sessions: SessionFactory
+) -> None:
+    """Issue 16 item 6: a corrupt newest run directory left the worker at 503 forever."""
+    save_version(models, "v3", seed=3)
+    (models / "v3" / "model.safetensors").write_bytes(b"truncated")
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    assert serving_version(service) == "v2"
+    assert active_version(sessions) == "v2"
+    records = {record.name: record for record in registered_versions(sessions)}
+    assert records["v3"].status == "failed" and "sha256" in (records["v3"].message or "")
+
+
+def test_a_version_that_failed_while_serving_stays_failed_across_a_restart(
+    models: Path, sessions: SessionFactory
+) -> None:
+    """Issue 16 item 8: a restart cleared a version's failed mark."""
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    assert serving_version(service) == "v2"
+    service.report_fault(ModelFaultError(version="v2", reason="non-finite scores", kind="x"))
+    service.flush_fault_marks()
+
+    restarted = make_service(models, sessions, [])
+    restarted.start(pinned=None)
+    assert serving_version(restarted) == "v1"  # v2 is newer, but marked failed
+    statuses = {record.name: record.status for record in registered_versions(sessions)}
+    assert statuses == {"v1": "active", "v2": "failed"}
+
+
+def test_when_every_version_is_marked_failed_the_newest_still_serves(
+    models: Path, sessions: SessionFactory
+) -> None:
+    for version in ("v1", "v2"):
+        mark_failed(
+            sessions,
+            name=version,
+            path=models / version,
+            message="non-finite scores",
+            manifest=read_manifest(models / version),
+        )
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    assert serving_version(service) == "v2"  # degraded beats down; the marks stay
+    assert {record.status for record in registered_versions(sessions)} == {"failed"}
+
+
+def test_a_version_refused_after_start_up_stays_failed_across_a_restart(
+    models: Path, sessions: SessionFactory
+) -> None:
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    shutil.copytree(models / "v1", models / "bad")  # written after start: never registered
+    (models / "bad" / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ModelRefusedError):
+        service.activate("bad")
+    make_service(models, sessions, []).start(pinned=None)  # registers every run dir again
+    record = {record.name: record for record in registered_versions(sessions)}["bad"]
+    assert record.status == "failed" and "sha256" in (record.message or "")
+
+
+def test_a_registry_read_overtaken_by_an_announcement_does_not_undo_it(
+    models: Path, sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by bench/soak.py: the reconcile read v1 as active, the announcement of v2 was
+    followed meanwhile, and the reconcile then swapped v1 back until its next round."""
+    mark_active(sessions, name="v1", path=models / "v1", manifest={})
+    follower = make_service(models, sessions, [])
+    follower.start(pinned=None)
+    assert serving_version(follower) == "v1"
+    stale = follower.registry_view()
+
+    def read_while_v2_is_announced() -> RegistryView:
+        mark_active(sessions, name="v2", path=models / "v2", manifest={})
+        follower.follow("v2")  # the pub/sub message, handled while the read was in flight
+        return stale
+
+    monkeypatch.setattr(follower, "registry_view", read_while_v2_is_announced)
+    follower.reconcile()
+    assert serving_version(follower) == "v2"

@@ -8,9 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import ITEMS, NAMES, AppFactory, TestClient, state_of, tiny_model
+import torch
+from app_helpers import ITEMS, NAMES, NUM_ITEMS, AppFactory, TestClient, state_of, tiny_model
 
+from app.crud import registered_versions
 from app.request_log import RequestLogEntry
+from tanp.checkpoint import save_checkpoint
+from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank
 
 SUPPORT = [
@@ -157,6 +161,11 @@ def test_support_over_max_support(make_client: AppFactory) -> None:
         {"support": [{"item_id": "a1"}]},
         {"support": [{"item_id": "a1", "rating": "NaN"}]},
         {"support": "a1"},
+        # booleans are not numbers here (found by bench/fuzz.py: false was read as 0)
+        {"support": SUPPORT, "uncertainty_samples": False},
+        {"support": SUPPORT, "k": True},
+        {"support": [{"item_id": "a1", "rating": True}]},
+        {"support": SUPPORT, "k": 5.0},
     ],
 )
 def test_schema_violations_are_422(client: TestClient, body: dict[str, Any]) -> None:
@@ -180,3 +189,42 @@ def test_no_model_gives_503_with_retry_after(make_client: AppFactory, tmp_path: 
     assert int(response.headers["Retry-After"]) > 0
     assert "no model loaded" in response.json()["detail"]
     assert response.headers["X-Request-ID"]
+
+
+def save_poisoned_version(root: Path, name: str) -> None:
+    """A model that loads (finite weights, probe fine) but whose answers turn non-finite when
+    a5 is in the support: a5's four neighbours are all a6 at weight 3e38 (the kind of value one
+    flipped exponent bit makes), and their sum overflows float32."""
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=4))
+    model.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
+    index = torch.arange(NUM_ITEMS).repeat(4, 1).T.contiguous()
+    weight = torch.full((NUM_ITEMS, 4), 0.1)
+    index[5], weight[5] = 6, 3e38
+    model.affinity.set_neighbours(index, weight)
+    save_checkpoint(root / name, model=model, items=ITEMS, item_names=NAMES, version=name)
+
+
+def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_failed(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    save_poisoned_version(tmp_path / "models", "poisoned")
+    client = make_client(models_dir=tmp_path / "models")
+    assert post(client, {"support": [{"item_id": "a1", "rating": 1}]}).status_code == 200
+
+    response = post(client, {"support": [{"item_id": "a5", "rating": 1}], "k": 5})
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "'poisoned'" in detail and "non-finite scores" in detail
+    metrics = client.get("/metrics").text
+    assert 'tanp_model_faults_total{reason="non_finite",version="poisoned"} 1.0' in metrics
+    assert post(client, {"support": [{"item_id": "a5", "rating": 1}]}).status_code == 503
+    assert 'tanp_model_faults_total{reason="non_finite",version="poisoned"} 2.0' in (
+        client.get("/metrics").text
+    )
+    state = state_of(client)
+    state.models.flush_fault_marks()
+    record = {r.name: r for r in registered_versions(state.database.sessions)}["poisoned"]
+    assert record.status == "failed" and "non-finite scores" in (record.message or "")
+    # the other requests are still answered by the same model
+    assert post(client, {"support": [{"item_id": "a2", "rating": 0}]}).status_code == 200

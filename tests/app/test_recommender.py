@@ -3,6 +3,7 @@ uncertainty, the task-state cache, every refusal, and the per-app counting and r
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ import pytest
 from app_helpers import ITEMS, NAMES, tiny_model
 
 from app.cache import MemoryCache, TaskStateCache, cache_key, support_digest
-from app.errors import InvalidRequestError, RatingRangeError, UnknownItemsError
+from app.errors import (
+    InvalidRequestError,
+    ModelFaultError,
+    RatingRangeError,
+    UnknownItemsError,
+)
 from app.holder import ServingModel
 from app.recommender import Recommendation, Recommender, recommend
 from app.request_log import RequestLogEntry
@@ -211,4 +217,56 @@ def test_a_broken_request_log_never_fails_a_recommendation(
     request = RecommendRequest.model_validate({"support": SUPPORT})
     answer = recommender.recommend(model=model, request=request, request_id="r1")
     assert len(answer.items) == 10
-    assert counter(metrics, "tanp_request_log_failures_total") == 1
+    assert counter(metrics, "tanp_request_log_dropped_total") == 1
+
+
+class RaisingScorer:
+    """Stands in for a Scorer whose scoring raises (a corrupt index met at request time)."""
+
+    def __init__(self, real: Scorer, error: Exception) -> None:
+        self.device = real.device
+        self._real = real
+        self._error = error
+
+    def encode_one(self, items: list[int], labels: list[float]) -> Any:
+        return self._real.encode_one(items, labels)
+
+    def scores(self, state: Any, *, candidates: Any = None) -> Any:
+        raise self._error
+
+
+def test_an_error_inside_scoring_is_a_counted_reported_model_fault(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    broken = dataclasses.replace(
+        model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
+    )
+    metrics, faults = Metrics(), []
+    recommender = Recommender(
+        cache=cache,
+        metrics=metrics,
+        request_log=RecordingLog(),
+        max_support=100,
+        on_model_fault=faults.append,
+    )
+    request = RecommendRequest.model_validate({"support": SUPPORT})
+    with pytest.raises(ModelFaultError, match="scoring failed: RuntimeError") as raised:
+        recommender.recommend(model=broken, request=request, request_id="r1")
+    assert raised.value.status_code == 503 and faults == [raised.value]
+    assert counter(metrics, "tanp_model_faults_total", version="v1", reason="error") == 1
+    # the popularity fallback never touches the scorer
+    empty = RecommendRequest.model_validate({"support": []})
+    assert recommender.recommend(model=broken, request=empty, request_id="r2").fallback
+
+
+def test_running_out_of_memory_is_not_blamed_on_the_model(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    error = RuntimeError("DefaultCPUAllocator: can't allocate memory")
+    broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, error))
+    request = RecommendRequest.model_validate({"support": SUPPORT})
+    with pytest.raises(RuntimeError, match="allocate"):
+        ask_model = Recommender(
+            cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100
+        )
+        ask_model.recommend(model=broken, request=request, request_id="r1")

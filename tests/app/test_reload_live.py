@@ -5,11 +5,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from live_server import SERVE, Server, serve_environment
 from model_versions import two_versions
 
 pytestmark = pytest.mark.integration
@@ -29,58 +26,11 @@ logger = logging.getLogger(__name__)
 TOKEN = "live-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}, {"item_id": "a7", "rating": 0}], "k": 5}
-SERVE = [sys.executable, "-c", "import sys; from app.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 def models(tmp_path: Path) -> Path:
     return two_versions(tmp_path / "models")
-
-
-class Server:
-    """`tanp-serve` in its own process group, stopped (by its pid) at teardown."""
-
-    def __init__(self, *, env: dict[str, str], workers: int, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log.open("wb")
-        self.process = subprocess.Popen(
-            [*SERVE, "--port", str(self.port), "--workers", str(workers)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"tanp-serve exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("tanp-serve did not become ready")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self._log.close()
 
 
 @pytest.fixture
@@ -89,18 +39,11 @@ def start_server(tmp_path: Path, models: Path) -> Iterator[Any]:
     database_url = f"sqlite:///{tmp_path / 'live.db'}"
 
     def start(*, workers: int = 1, **extra: str) -> Server:
-        env = {
-            key: value
-            for key, value in os.environ.items()
-            if key not in ("REDIS_URL", "ACTIVE_MODEL", "DATABASE_URL", "MIGRATE_ON_START")
-        }
-        env.update(
+        env = serve_environment(
             MODELS_DIR=str(models),
             DATABASE_URL=database_url,
             ADMIN_TOKEN=TOKEN,
-            DEVICE="cpu",
-            LOG_LEVEL="WARNING",
-            OMP_NUM_THREADS="1",
+            REQUEST_LOG_SPOOL_DIR=str(tmp_path / "spool"),
             **extra,
         )
         # Migrate once up front: workers racing to migrate one SQLite file is not the test.

@@ -154,3 +154,138 @@ def test_cuda_scores_match_cpu(trained_run: Path) -> None:
     expected = cpu.scorer.scores(cpu.scorer.encode_one(*support))
     got = cuda.scorer.scores(cuda.scorer.encode_one(*support)).cpu()
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --- every damaged manifest or weights file is a CheckpointError, never another exception ---
+
+NEIGHBOURS = 4
+
+
+@pytest.fixture
+def small_run(tmp_path: Path) -> Path:
+    """A 12-item model with a neighbour index, saved untrained (fast, and every buffer used)."""
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=12, neighbours=NEIGHBOURS))
+    model.affinity.set_neighbours(
+        torch.randint(0, 12, (12, NEIGHBOURS)), torch.rand(12, NEIGHBOURS)
+    )
+    model.item_popularity.copy_(torch.arange(12, 0, -1, dtype=torch.float32))
+    names = [f"name {index}" for index in range(12)]
+    save_checkpoint(
+        tmp_path / "run", model=model, items=[str(i) for i in range(12)], item_names=names,
+        version="run",
+    )  # fmt: skip
+    return tmp_path / "run"
+
+
+def _edit_manifest(run: Path, **changes: object) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            manifest[outer][inner] = value
+        else:
+            manifest[key] = value
+    # allow_nan: Python's json reads NaN back, so a manifest can hold one
+    (run / "manifest.json").write_text(json.dumps(manifest, allow_nan=True))
+
+
+def _edit_weights(run: Path, name: str, change: object) -> None:
+    """Rewrite one tensor and the manifest's sha256, as an honest-looking corruption would."""
+    tensors = load_file(str(run / "model.safetensors"))
+    tensor = tensors[name].clone()
+    assert callable(change)
+    change(tensor)
+    tensors[name] = tensor
+    save_file(tensors, str(run / "model.safetensors"))
+    _edit_manifest(run, weights_sha256=sha256_file(run / "model.safetensors"))
+
+
+CORRUPT_MANIFESTS: list[tuple[dict[str, object], str]] = [
+    ({"items": 5}, "items"),
+    ({"items": "0123456789ab"}, "items"),
+    ({"items": [str(i) for i in range(11)] + ["0"]}, "duplicate"),
+    ({"items": [str(i) for i in range(11)] + [None]}, "items"),
+    ({"items": [str(i) for i in range(11)] + ["\ud800"]}, "UTF-8"),
+    ({"item_names": 5}, "item_names"),
+    ({"item_names": ["x"]}, "item_names"),
+    ({"item_names": ["x"] * 11 + [{"a": 1}]}, "item_names"),
+    ({"item_urls": ["u"] * 11 + ["\udfff"]}, "UTF-8"),
+    ({"probe": {}}, "probe"),
+    ({"probe": 5}, "probe"),
+    ({"probe.support_indices": [0, 1, 10**6]}, "probe"),
+    ({"probe.support_indices": [0, 1, -1]}, "probe"),
+    ({"probe.support_indices": [0, 1, 2.5]}, "probe"),
+    ({"probe.support_indices": "012"}, "probe"),
+    ({"probe.support_labels": [1.0]}, "probe"),
+    ({"probe.support_labels": [1.0, 1.0, float("nan"), 0.0]}, "probe"),
+    ({"probe.top_indices": [10**9] * 10}, "probe"),
+    ({"probe.top_scores": [float("nan")] * 10}, "probe"),
+    ({"probe.top_scores": [0.5]}, "probe"),
+    ({"model_config": 5}, "model_config"),
+    ({"model_config": None}, "model_config"),
+    ({"model_config.z_dim": -3}, "model_config"),
+    ({"model_config.dec_h1_dim": "128"}, "model_config"),
+    ({"model_config.dec_h1_dim": 10**12}, "model_config"),
+    ({"model_config.num_items": 0}, "model_config"),
+    ({"model_config.colour": "blue"}, "model_config"),
+    ({"weights_sha256": 5}, "sha256"),
+    ({"weights_sha256": None}, "sha256"),
+]
+
+
+@pytest.mark.parametrize(("changes", "fragment"), CORRUPT_MANIFESTS)
+def test_a_corrupt_manifest_is_a_checkpoint_error(
+    small_run: Path, changes: dict[str, object], fragment: str
+) -> None:
+    _edit_manifest(small_run, **changes)
+    with pytest.raises(CheckpointError, match=fragment):
+        build_model(small_run)
+
+
+def _nan_at(position: int) -> object:
+    def change(tensor: torch.Tensor) -> None:
+        tensor.view(-1)[position] = float("nan")
+
+    return change
+
+
+def _set_at(position: int, value: float) -> object:
+    def change(tensor: torch.Tensor) -> None:
+        tensor.view(-1)[position] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("tensor", "change", "fragment"),
+    [
+        ("affinity.neighbour_weight", _nan_at(5), "non-finite"),
+        ("item_popularity", _set_at(3, float("inf")), "non-finite"),
+        ("decoder.output.weight", _set_at(0, float("-inf")), "non-finite"),
+        ("affinity.neighbour_index", _set_at(7, 12), r"neighbour_index.*\[0, 12\)"),
+        ("affinity.neighbour_index", _set_at(0, -1), r"neighbour_index.*\[0, 12\)"),
+        ("affinity.neighbour_index", _set_at(3, 2**40), r"neighbour_index.*\[0, 12\)"),
+    ],
+)
+def test_weights_that_pass_the_hash_but_break_invariants_are_refused(
+    small_run: Path, tensor: str, change: object, fragment: str
+) -> None:
+    """One flipped bit plus a rewritten sha256 loads today and fails requests later."""
+    _edit_weights(small_run, tensor, change)
+    with pytest.raises(CheckpointError, match=fragment):
+        build_model(small_run)
+
+
+def test_a_model_whose_probe_scores_are_not_finite_is_refused(small_run: Path) -> None:
+    # finite weights whose products overflow: every score becomes infinite or NaN
+    _edit_weights(small_run, "decoder.output.bias", _set_at(0, 3e38))
+    _edit_weights(small_run, "decoder.output.weight", lambda tensor: tensor.fill_(3e38))
+    with pytest.raises(CheckpointError, match="not finite"):
+        build_model(small_run)
+
+
+def test_the_small_run_itself_loads(small_run: Path) -> None:
+    loaded = build_model(small_run)
+    assert loaded.items == [str(i) for i in range(12)]
+    assert loaded.item_names is not None and loaded.item_names[3] == "name 3"

@@ -27,8 +27,15 @@ router = APIRouter(
     },
 )
 _ACTIVATE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Not a version name (a path, a URL, or leaving MODELS_DIR)."},
+    400: {
+        "description": "Not a version name (a path, a URL, or leaving MODELS_DIR), or a body "
+        "that cannot be read as JSON text."
+    },
     422: {"description": "The checkpoint was refused; the previous model keeps serving."},
+    503: {
+        "description": "The model registry (SQL) could not record the activation: nothing "
+        "was changed; retry after `Retry-After` seconds."
+    },
 }
 
 

@@ -35,6 +35,7 @@ RecommendBody = Annotated[
 ]
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/json": {"example": RECOMMEND_RESPONSE_EXAMPLE}}},
+    400: {"description": "A body that cannot be read as JSON text (not UTF-8, nested too deep)."},
     413: {"description": "Request body over MAX_BODY_BYTES."},
     422: {"description": "Unknown item ids (named), duplicates, out-of-range values."},
     503: {"description": "No model loaded yet; retry after `Retry-After` seconds."},

@@ -1,0 +1,734 @@
+"""Soak test: the real server under steady load while its dependencies fail, then a reckoning.
+
+    python bench/soak.py --models V1_DIR V2_DIR [--duration 600 | --short] [--rate 100]
+
+Runs `tanp-serve --workers 2` on loopback with its own `redis-server` and its own database on
+the machine's Postgres (127.0.0.1:5432, user postgres), reached through a TCP proxy this script
+can cut. A separate process sends an open-loop load of distinct support sets (request i leaves
+at t0 + i / rate, whatever happened to the earlier ones; latency counted from that time), each
+with its own X-Request-ID. The fault schedule (fractions of the duration):
+
+    10 % reload v2          35 % reload v1               60 % the refused reload, again
+    20 % Redis killed (-9)  45 % Postgres cut            70 % a corrupt version offered (422)
+    30 % Redis restarted    50 % reload v2 (cut: 503)    80 % reload v1   90 % reload v2
+                            55 % Postgres back
+
+Afterwards: sent vs answered vs request-log rows in Postgres (waiting for the spools to drain),
+each worker's drop and failure counters, whether every acknowledged reload stayed in force (no
+answer from another version after it had propagated), per-minute p50/p99 and RSS; then the
+parent is killed with SIGKILL, its workers must stop by themselves and a new server must start
+on the same port and serve the last acknowledged version. Prints markdown; `--json` writes the
+figures. Everything it starts it stops; its database is dropped. `--short`: 60 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import torch
+
+POSTGRES = ("127.0.0.1", 5432)
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
+PROPAGATION_SECONDS = 6.0  # pub/sub, or one reconcile round (5 s) when a message was missed
+CONNECTIONS = 64  # the load generator's keep-alive connections
+REQUEST_TIMEOUT_SECONDS = 15.0
+METRIC = re.compile(r"^(tanp_request_log_\w+?)(?:_total)? (\S+)$", re.MULTILINE)
+
+
+# --- the parts the soak owns ---------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Proxy:
+    """127.0.0.1:<port> -> Postgres; `cut` closes the listener and every connection."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self._listener = listener
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        self._thread.start()
+
+    def cut(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            for connection in self._sockets:
+                self._close(connection)
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(POSTGRES, timeout=3)
+            except OSError:
+                client.close()
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            self._close(source)
+            self._close(target)
+
+    @staticmethod
+    def _close(connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
+        connection.close()
+
+
+class Redis:
+    """A `redis-server` of our own (no persistence), killed and restarted on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._log = (workdir / "redis.log").open("ab")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.05)
+        raise SystemExit("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def close(self) -> None:
+        self.kill()
+        self._log.close()
+
+
+class Server:
+    """`tanp-serve --workers N` in its own session."""
+
+    def __init__(self, *, env: dict[str, str], port: int, workers: int, log: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        started = time.monotonic()
+        while time.monotonic() < started + timeout:
+            if self.process.poll() is not None:
+                raise SystemExit(f"tanp-serve exited with {self.process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            time.sleep(0.2)
+        raise SystemExit("tanp-serve not ready in time")
+
+    def workers(self) -> set[int]:
+        return children(self.process.pid)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        self._log.close()
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    with contextlib.suppress(FileNotFoundError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found |= {int(child) for child in (task / "children").read_text().split()}
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def alive(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+# --- the load (its own process) ------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    scheduled: float  # seconds after t0
+    latency: float  # seconds from the scheduled time; nan when no answer
+    status: int  # 0: no answer (connection error or timeout)
+    version: str
+
+
+def support(items: list[str], index: int) -> list[dict[str, Any]]:
+    """Request `index`'s support set: 10-20 distinct items, 0/1 ratings, the same every run."""
+    generator = random.Random(index)
+    chosen = generator.sample(items, generator.randint(10, 20))
+    return [{"item_id": item, "rating": generator.randint(0, 1)} for item in chosen]
+
+
+async def _load(
+    *, port: int, items: list[str], rate: float, count: int, run: str, t0: float
+) -> list[Sample]:
+    """Request i is sent at t0 + i / rate on one of CONNECTIONS keep-alive connections (a
+    minimal HTTP/1.1 client: its cost stays flat however far the server falls behind, where a
+    general client's pool bookkeeping grows with the backlog)."""
+    samples: list[Sample] = []
+    pool: asyncio.Queue[Connection | None] = asyncio.Queue()
+    for _ in range(CONNECTIONS):
+        pool.put_nowait(None)  # connected on first use
+
+    async def one(index: int, scheduled: float) -> None:
+        body = json.dumps({"support": support(items, index), "k": 10}).encode()
+        request = (
+            f"POST /v1/recommend HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-ID: {run}-{index}\r\n\r\n"
+        ).encode() + body
+        connection = await pool.get()
+        try:
+            status, payload, connection = await asyncio.wait_for(
+                exchange(connection, port=port, request=request), REQUEST_TIMEOUT_SECONDS
+            )
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError):
+            if connection is not None:
+                connection[1].close()
+            pool.put_nowait(None)
+            samples.append(Sample(scheduled - t0, float("nan"), 0, ""))
+            return
+        pool.put_nowait(connection)
+        version = json.loads(payload).get("model_version", "") if status == 200 else ""
+        samples.append(Sample(scheduled - t0, time.time() - scheduled, status, version))
+
+    tasks = []
+    for index in range(count):
+        scheduled = t0 + index / rate
+        delay = scheduled - time.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(index, scheduled)))
+    await asyncio.gather(*tasks)
+    for _ in range(CONNECTIONS):
+        connection = pool.get_nowait()
+        if connection is not None:
+            connection[1].close()
+    return samples
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def exchange(
+    connection: Connection | None, *, port: int, request: bytes
+) -> tuple[int, bytes, Connection | None]:
+    """Send `request`, read the answer: (status, body, the connection if it stays open). A
+    kept-alive connection the server closed before reading is reopened once."""
+    for attempt in range(2):
+        if connection is None:
+            connection = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = connection
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        if not status_line:  # closed while idle: the request was never read
+            writer.close()
+            connection = None
+            if attempt == 0:
+                continue
+            raise ConnectionResetError("connection closed before an answer")
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+        payload = await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection") == "close":
+            writer.close()
+            connection = None
+        return int(status_line.split()[1]), payload, connection
+    raise ConnectionResetError("unreachable")
+
+
+def load(**kwargs: Any) -> list[dict[str, Any]]:
+    """Runs in the load-generator process; plain dicts cross the process boundary."""
+    return [asdict(sample) for sample in asyncio.run(_load(**kwargs))]
+
+
+# --- the soak ------------------------------------------------------------------------------
+
+
+@dataclass
+class Event:
+    at: float  # seconds after t0
+    what: str
+    status: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class Soak:
+    events: list[Event] = field(default_factory=list)
+    # (sent, acknowledged, version): the swap happens between the two
+    acknowledged: list[tuple[float, float, str]] = field(default_factory=list)
+    rss: list[tuple[float, int, float]] = field(default_factory=list)  # (when, pid, MB)
+    load: list[tuple[float, float]] = field(default_factory=list)  # (when, 1-min load average)
+
+
+def sample_machine(soak: Soak, *, pids: set[int], t0: float) -> None:
+    """RSS of the server's processes and the machine's load average, now."""
+    now = time.time() - t0
+    for pid in pids:
+        megabytes = rss_mb(pid)
+        if megabytes is not None:
+            soak.rss.append((now, pid, megabytes))
+    soak.load.append((now, os.getloadavg()[0]))
+
+
+def corrupt_copy(source: Path, target: Path) -> None:
+    shutil.copytree(source, target)
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+
+
+def worker_metrics(base: str, expected: int, attempts: int = 60) -> dict[int, dict[str, float]]:
+    """Each worker's request-log counters: /health then /metrics on one keep-alive connection
+    (so one worker answers both), until every worker was seen."""
+    found: dict[int, dict[str, float]] = {}
+    for _ in range(attempts):
+        with httpx.Client(base_url=base, timeout=10) as client:
+            pid = int(client.get("/health").json()["pid"])
+            text = client.get("/metrics").text
+        found[pid] = {name: float(value) for name, value in METRIC.findall(text)}
+        if len(found) >= expected:
+            break
+    return found
+
+
+def logged_rows(database: str, run: str) -> int:
+    with psycopg.connect(POSTGRES_ADMIN.replace("dbname=postgres", f"dbname={database}")) as db:
+        row = db.execute(
+            "SELECT count(*) FROM request_log WHERE request_id LIKE %s", (f"{run}-%",)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    array = np.asarray(values) * 1000.0
+    return float(np.percentile(array, 50)), float(np.percentile(array, 99))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--models", type=Path, nargs=2, required=True, metavar=("V1", "V2"))
+    parser.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    parser.add_argument("--short", action="store_true", help="60 s instead of --duration")
+    parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (server log)")
+    args = parser.parse_args(argv)
+    duration = 60.0 if args.short else args.duration
+
+    workdir = Path(tempfile.mkdtemp(prefix="tanp-soak-"))
+    models = workdir / "models"
+    for source, name in zip(args.models, ("v1", "v2"), strict=True):
+        shutil.copytree(source, models / name)
+    os.utime(models / "v1" / "manifest.json", (time.time() - 100, time.time() - 100))
+    items: list[str] = json.loads((models / "v1" / "manifest.json").read_text())["items"]
+    run = f"soak-{uuid.uuid4().hex[:8]}"
+    database = f"tanp_{run.replace('-', '_')}"
+    token = uuid.uuid4().hex
+
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+    redis_server = Redis(workdir)
+    proxy = Proxy()
+    direct_url = f"postgresql+psycopg://postgres@127.0.0.1:{POSTGRES[1]}/{database}"
+    env = {key: value for key, value in os.environ.items() if key != "ACTIVE_MODEL"}
+    env.update(
+        MODELS_DIR=str(models),
+        DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/{database}",
+        REDIS_URL=redis_server.url,
+        BROADCAST_PREFIX=f"{run}:",
+        ADMIN_TOKEN=token,
+        REQUEST_LOG_SPOOL_DIR=str(workdir / "spool"),
+        DEVICE="cpu",
+        LOG_LEVEL="INFO",
+        OMP_NUM_THREADS="1",
+    )
+    subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"],
+        env={**env, "DATABASE_URL": direct_url},
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    server = Server(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
+    soak = Soak()
+    result: dict[str, Any] = {}
+    restart: Server | None = None
+    try:
+        ready_seconds = server.wait_ready()
+        worker_pids = server.workers()
+        auth = {"Authorization": f"Bearer {token}"}
+        count = int(args.rate * duration)
+        t0 = time.time() + 2.0
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
+            future = executor.submit(
+                load,
+                port=port,
+                items=items,
+                rate=args.rate,
+                count=count,
+                run=run,
+                t0=t0,
+            )
+            admin = httpx.Client(base_url=server.url, headers=auth, timeout=60)
+
+            def reload(version: str, label: str) -> int:
+                sent = time.time() - t0
+                response = admin.post("/admin/models/reload", json={"version": version})
+                at = time.time() - t0
+                soak.events.append(Event(at, label, response.status_code, response.text[:300]))
+                if response.status_code == 200:
+                    soak.acknowledged.append((sent, at, version))
+                return response.status_code
+
+            def fault(label: str, action: Any) -> None:
+                action()
+                soak.events.append(Event(time.time() - t0, label))
+
+            refused: list[str] = []
+            schedule: list[tuple[float, Any]] = [
+                (0.10, lambda: reload("v2", "reload v2")),
+                (0.20, lambda: fault("Redis killed (SIGKILL)", redis_server.kill)),
+                (0.30, lambda: fault("Redis restarted", redis_server.start)),
+                (0.35, lambda: reload("v1", "reload v1")),
+                (0.45, lambda: fault("Postgres cut (proxy closed)", proxy.cut)),
+                (
+                    0.50,
+                    lambda: (
+                        refused.append("v2")
+                        if reload("v2", "reload v2 during the Postgres cut") != 200
+                        else None
+                    ),
+                ),
+                (0.55, lambda: fault("Postgres back", proxy.restore)),
+                (0.60, lambda: [reload(v, f"reload {v} again (was refused)") for v in refused]),
+                (
+                    0.70,
+                    lambda: (
+                        corrupt_copy(models / "v1", models / "corrupt"),
+                        reload("corrupt", "corrupt version offered"),
+                    ),
+                ),
+                (0.80, lambda: reload("v1", "reload v1")),
+                (0.90, lambda: reload("v2", "reload v2")),
+            ]
+            for fraction, action in schedule:
+                while time.time() < t0 + fraction * duration:
+                    sample_machine(soak, pids={server.process.pid, *worker_pids}, t0=t0)
+                    time.sleep(min(5.0, max(0.0, t0 + fraction * duration - time.time())))
+                action()
+            while not future.done():
+                sample_machine(soak, pids={server.process.pid, *worker_pids}, t0=t0)
+                time.sleep(2.0)
+            samples = [Sample(**sample) for sample in future.result()]
+            admin.close()
+
+        # --- the reckoning -----------------------------------------------------------------
+        answered = [sample for sample in samples if sample.status]
+        ok = [sample for sample in answered if sample.status == 200]
+        drained_at = time.monotonic()
+        rows, previous, stable_since = 0, -1, time.monotonic()
+        while time.monotonic() - drained_at < 300:
+            rows = logged_rows(database, run)
+            if rows >= len(ok):
+                break
+            if rows != previous:
+                previous, stable_since = rows, time.monotonic()
+            elif time.monotonic() - stable_since > 60:
+                break
+            time.sleep(1.0)
+        drain_seconds = time.monotonic() - drained_at
+        counters = worker_metrics(server.url, expected=len(worker_pids))
+        health = httpx.get(f"{server.url}/health", timeout=10).json()
+        final_versions = {int(worker["pid"]): worker["version"] for worker in health["workers"]}
+        expected_version = soak.acknowledged[-1][2] if soak.acknowledged else None
+
+        # An acknowledged reload is in force from its answer (+ propagation) to the next one.
+        reverted = 0
+        in_force = 0
+        windows = []
+        for index, (_, at, version) in enumerate(soak.acknowledged):
+            # Judged: requests sent once the reload had propagated and answered before the
+            # next reload was sent, so their model was chosen inside this reload's reign.
+            until = soak.acknowledged[index + 1][0] if index + 1 < len(soak.acknowledged) else 1e18
+            window = [
+                s
+                for s in ok
+                if at + PROPAGATION_SECONDS <= s.scheduled and s.scheduled + s.latency < until
+            ]
+            wrong = [s for s in window if s.version != version]
+            reverted += len(wrong)
+            in_force += not wrong
+            windows.append(
+                {
+                    "acknowledged_at": round(at, 1),
+                    "version": version,
+                    "answers": len(window),
+                    "from_another_version": len(wrong),
+                    "wrong_between": [round(wrong[0].scheduled, 1), round(wrong[-1].scheduled, 1)]
+                    if wrong
+                    else None,
+                    "wrong_versions": sorted({s.version for s in wrong}),
+                }
+            )
+        minutes = []
+        for minute in range(int(np.ceil(duration / 60.0))):
+            bucket = [s for s in samples if minute * 60 <= s.scheduled < (minute + 1) * 60]
+            p50, p99 = percentiles([s.latency for s in bucket if s.status == 200])
+            rss = [
+                megabytes
+                for when, pid, megabytes in soak.rss
+                if minute * 60 <= when < (minute + 1) * 60 and pid in worker_pids
+            ]
+            loads = [value for when, value in soak.load if minute * 60 <= when < (minute + 1) * 60]
+            minutes.append(
+                {
+                    "load_average_max": max(loads) if loads else float("nan"),
+                    "minute": minute + 1,
+                    "sent": len(bucket),
+                    "answered": sum(1 for s in bucket if s.status),
+                    "5xx": sum(1 for s in bucket if s.status >= 500),
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "worker_rss_mb_max": max(rss) if rss else float("nan"),
+                }
+            )
+
+        # --- restarts that need no hands -----------------------------------------------------
+        last_version_before_kill = expected_version
+        os.kill(server.process.pid, signal.SIGKILL)
+        server.process.wait(30)
+        killed_at = time.monotonic()
+        while any(alive(pid) for pid in worker_pids) and time.monotonic() - killed_at < 60:
+            time.sleep(0.1)
+        workers_gone_seconds = time.monotonic() - killed_at
+        orphans = sorted(pid for pid in worker_pids if alive(pid))
+        restart = Server(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
+        restart_ready_seconds = restart.wait_ready()
+        after_restart = {
+            httpx.post(
+                f"{restart.url}/v1/recommend",
+                json={"support": [{"item_id": items[0], "rating": 1}]},
+                timeout=15,
+            ).json()["model_version"]
+            for _ in range(10)
+        }
+
+        statuses: dict[str, int] = {}
+        for sample in samples:
+            statuses[str(sample.status)] = statuses.get(str(sample.status), 0) + 1
+        result = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+            f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+            f"torch {torch.__version__}",
+            "duration_s": duration,
+            "rate": args.rate,
+            "workers": args.workers,
+            "server_ready_s": round(ready_seconds, 1),
+            "sent": len(samples),
+            "answered": len(answered),
+            "lost": len(samples) - len(answered),
+            "statuses": statuses,
+            "5xx": sum(1 for s in samples if s.status >= 500),
+            "logged_rows": rows,
+            "log_drain_s": round(drain_seconds, 1),
+            "worker_counters": counters,
+            "dropped_rows": sum(c.get("tanp_request_log_dropped", 0) for c in counters.values()),
+            "failed_log_writes": sum(
+                c.get("tanp_request_log_failures", 0) for c in counters.values()
+            ),
+            "acknowledged_reloads": len(soak.acknowledged),
+            "acknowledged_reloads_in_force": in_force,
+            "answers_from_a_reverted_version": reverted,
+            "reload_windows": windows,
+            "expected_final_version": expected_version,
+            "final_worker_versions": final_versions,
+            "events": [asdict(event) for event in soak.events],
+            "minutes": minutes,
+            "kill9": {
+                "workers_gone_s": round(workers_gone_seconds, 2),
+                "orphans": orphans,
+                "restart_ready_s": round(restart_ready_seconds, 1),
+                "versions_after_restart": sorted(after_restart),
+                "expected": last_version_before_kill,
+            },
+        }
+    finally:
+        for running in (server, restart):
+            if running is not None:
+                running.stop()
+        proxy.cut()
+        redis_server.close()
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin_db:
+            admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        if args.keep:
+            print(f"work folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    print(report(result))
+    healthy = (
+        result["lost"] == 0
+        and result["5xx"] == 0
+        and result["answers_from_a_reverted_version"] == 0
+        and result["logged_rows"] + result["dropped_rows"] >= result["statuses"].get("200", 0)
+        and not result["kill9"]["orphans"]
+        and result["kill9"]["versions_after_restart"] == [result["expected_final_version"]]
+    )
+    return 0 if healthy else 1
+
+
+def report(result: dict[str, Any]) -> str:
+    kill9 = result["kill9"]
+    lines = [
+        f"machine: {result['machine']}; tanp-serve --workers {result['workers']} on 127.0.0.1 "
+        f"with its own redis-server and its own Postgres database (through a cuttable proxy); "
+        f"open-loop load of distinct support sets at {result['rate']:.0f} req/s for "
+        f"{result['duration_s']:.0f} s from a separate process",
+        "",
+        "| sent | answered | lost | 5xx | statuses | request-log rows | dropped rows "
+        "| failed log writes | acknowledged reloads in force | answers from a reverted version |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        f"| {result['sent']} | {result['answered']} | {result['lost']} | {result['5xx']} "
+        f"| {json.dumps(result['statuses'])} | {result['logged_rows']} "
+        f"| {result['dropped_rows']:.0f} | {result['failed_log_writes']:.0f} "
+        f"| {result['acknowledged_reloads_in_force']} of {result['acknowledged_reloads']} "
+        f"| {result['answers_from_a_reverted_version']} |",
+        "",
+        "| minute | sent | answered | 5xx | p50 ms | p99 ms | worker RSS max MB "
+        "| machine load average max |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for minute in result["minutes"]:
+        lines.append(
+            f"| {minute['minute']} | {minute['sent']} | {minute['answered']} | {minute['5xx']} "
+            f"| {minute['p50_ms']:.1f} | {minute['p99_ms']:.1f} "
+            f"| {minute['worker_rss_mb_max']:.0f} | {minute['load_average_max']:.1f} |"
+        )
+    lines += ["", "| t (s) | event | answer |", "|---:|---|---|"]
+    for event in result["events"]:
+        answer = "" if event["status"] is None else str(event["status"])
+        if event["status"] and event["status"] != 200:
+            answer += ": " + event["detail"].replace("|", "/")[:160]
+        lines.append(f"| {event['at']:.1f} | {event['what']} | {answer} |")
+    lines += [
+        "",
+        f"request-log rows landed {result['log_drain_s']:.0f} s after the load ended; "
+        f"final versions per worker {result['final_worker_versions']} "
+        f"(last acknowledged: {result['expected_final_version']})",
+        f"kill -9 of the parent: workers gone after {kill9['workers_gone_s']} s "
+        f"(orphans: {kill9['orphans'] or 'none'}); restarted on the same port, ready in "
+        f"{kill9['restart_ready_s']} s, serving {kill9['versions_after_restart']} "
+        f"(expected {kill9['expected']})",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

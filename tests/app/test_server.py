@@ -1,0 +1,189 @@
+"""`tanp-serve` against clients that never finish and a parent that dies (real uvicorn).
+
+Slow headers, a slow body and idle connections are closed (408 when part of a request came);
+after `kill -9` of the parent of `--workers 2` its workers stop by themselves and a new server
+starts on the same port without anyone cleaning up. Waits are bounded liveness checks, never
+timed assertions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from live_server import Server, free_port, serve_environment
+from model_versions import save_version
+
+from app.server import SUPERVISOR_PID_ENV, wait_for_port
+
+TIMEOUT_SECONDS = "1"
+PATIENCE = 30.0  # how long a check waits before it calls the server stuck
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    save_version(root, "v1")
+    return root
+
+
+def start(models: Path, tmp: Path, *, workers: int, port: int | None = None) -> Server:
+    env = serve_environment(
+        MODELS_DIR=str(models),
+        DATABASE_URL=f"sqlite:///{tmp / 'serve.db'}",
+        MIGRATE_ON_START="1",
+        REQUEST_LOG_SPOOL_DIR=str(tmp / "spool"),
+        HEADER_TIMEOUT_SECONDS=TIMEOUT_SECONDS,
+        BODY_TIMEOUT_SECONDS=TIMEOUT_SECONDS,
+        KEEP_ALIVE_SECONDS=TIMEOUT_SECONDS,
+    )
+    server = Server(
+        env=env, workers=workers, log=tmp / f"serve-{time.monotonic_ns()}.log", port=port
+    )
+    server.wait_ready()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start(models, tmp_path_factory.mktemp("serve"), workers=1)
+    yield running
+    running.stop()
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (bounded by PATIENCE)."""
+    connection.settimeout(PATIENCE)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE)
+
+
+@pytest.mark.integration
+def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
+    with connect(server) as connection:
+        assert read_until_closed(connection) == b""
+
+
+@pytest.mark.integration
+def test_headers_that_never_end_get_a_408(server: Server) -> None:
+    with connect(server) as connection:
+        connection.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\n")
+        answer = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"detail": "request headers not received within 1 s"' in answer
+
+
+@pytest.mark.integration
+def test_a_body_that_never_ends_gets_a_408_and_the_server_serves_on(server: Server) -> None:
+    with connect(server) as connection:
+        connection.sendall(
+            b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n" + b'{"support": ['
+        )
+        answer = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"request body not received within 1 s" in answer
+    response = httpx.post(f"{server.url}/v1/recommend", json={"support": []}, timeout=PATIENCE)
+    assert response.status_code == 200
+
+
+@pytest.mark.integration
+def test_an_idle_keep_alive_connection_is_closed_after_its_answer(server: Server) -> None:
+    with connect(server) as connection:
+        connection.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok"}')
+
+
+def children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found |= {int(child) for child in text}
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has stopped; only its parent may reap it
+
+
+def wait_for(condition: object, timeout: float = PATIENCE) -> bool:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+@pytest.mark.integration
+def test_workers_stop_with_a_killed_parent_and_a_restart_needs_no_hands(
+    models: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 6: after kill -9 of the parent its workers kept serving, and a restart
+    failed with Errno 98 until they were killed by hand."""
+    port = free_port()
+    first = start(models, tmp_path, workers=2, port=port)
+    try:
+        workers = children(first.process.pid)
+        assert len(workers) >= 2
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(PATIENCE)
+        assert wait_for(lambda: not any(alive(worker) for worker in workers)), [
+            worker for worker in workers if alive(worker)
+        ]
+        second = start(models, tmp_path, workers=2, port=port)
+        try:
+            response = httpx.post(f"{second.url}/v1/recommend", json={"support": []})
+            assert response.status_code == 200
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_wait_for_port_waits_only_for_a_port_in_use() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert not wait_for_port("127.0.0.1", port, seconds=0)
+    assert wait_for_port("127.0.0.1", port, seconds=0)
+
+
+@pytest.mark.parametrize(
+    ("supervisor", "returncode"),
+    [(None, 0), ("parent", 0), ("gone", -signal.SIGTERM)],
+)
+def test_a_worker_stops_when_its_supervisor_is_gone(
+    supervisor: str | None, returncode: int
+) -> None:
+    """`die_with_parent` in a fresh interpreter whose supervisor is: unset (a one-process
+    server, left alone), its real parent, or a process that is not its parent (it stops)."""
+    env = dict(os.environ)
+    env.pop(SUPERVISOR_PID_ENV, None)
+    if supervisor == "parent":
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())
+    elif supervisor == "gone":
+        env[SUPERVISOR_PID_ENV] = "1"  # init: never the parent of a process we start
+    code = "from app.server import die_with_parent; die_with_parent(); import time; time.sleep(0.5)"
+    finished = subprocess.run([sys.executable, "-c", code], env=env, timeout=PATIENCE)
+    assert finished.returncode == returncode
