@@ -12,7 +12,9 @@ Every model is trained here, selected on validation users only and scored on the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import pickle
 import platform
 import time
 from dataclasses import dataclass, field
@@ -44,6 +46,8 @@ VARIANTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("without content factors (tags)", {}, {"content_dim": 0}),
     ("without item factors", {}, {"factor_dim": 0}),
     ("statistics from all train users (self-leak)", {}, {"folds": 0}),
+    ("KL weight 0", {}, {"kl_weight": 0.0}),
+    ("KL weight 1 (the paper's)", {}, {"kl_weight": 1.0}),
     ("pointwise loss only", {}, {"listwise_weight": 0.0, "pointwise_weight": 1.0}),
     ("no modulation (plain decoder)", {"decoder": "none"}, {}),
     ("reference preset (the notebook)", {"__preset__": "reference"}, {}),
@@ -116,7 +120,28 @@ def feature_aucs(prepared: Prepared, result: TrainResult) -> dict[str, tuple[flo
     }
 
 
+# --keep DIR: each finished run is pickled there (this bench's own files) and reused when the
+# same run is asked again, so a long run that stops half-way resumes instead of restarting.
+KEEP: Path | None = None
+
+
 def run_split(
+    prepared: Prepared, name: str, *, model: dict[str, Any], train: dict[str, Any], leak: bool
+) -> tuple[SplitResult, dict[str, tuple[float, float]] | None]:
+    key = json.dumps([name, model, train, leak], sort_keys=True)
+    kept = KEEP / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pkl" if KEEP else None
+    if kept is not None and kept.exists():
+        with kept.open("rb") as handle:
+            return pickle.load(handle)  # type: ignore[no-any-return]  # only this bench writes these
+    outcome = train_and_report(prepared, name, model=model, train=train, leak=leak)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        with kept.open("wb") as handle:
+            pickle.dump(outcome, handle)
+    return outcome
+
+
+def train_and_report(
     prepared: Prepared, name: str, *, model: dict[str, Any], train: dict[str, Any], leak: bool
 ) -> tuple[SplitResult, dict[str, tuple[float, float]] | None]:
     model = dict(model)
@@ -178,7 +203,7 @@ def print_table(results: list[SplitResult], title: str) -> dict[str, Any]:
         table["rows"][scorer] = {
             "per_split": {key: cells[i] for i, key in enumerate(HEADLINE)},
             "pooled_difference": {
-                key: diff.to_dict() for key, diff in zip(HEADLINE, pooled, strict=True)
+                key: diff.to_dict() for key, diff in zip(HEADLINE, pooled, strict=False)
             },
         }
     print("\nper split, model - scorer (NDCG@5 ; Recall@20):")
@@ -214,7 +239,10 @@ def main() -> None:
     parser.add_argument("--hetrec-median", type=int, nargs="*", default=[])
     parser.add_argument("--variants", action="store_true", help="the one-change ablation table")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="reuse/keep finished runs here")
     args = parser.parse_args()
+    global KEEP
+    KEEP = args.keep
     print(
         f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}"
