@@ -30,7 +30,7 @@ from app.errors import install_error_handlers
 from app.holder import ModelHolder, ServingModel
 from app.middleware import ServiceMiddleware
 from app.models_service import ModelService
-from app.recommender import Recommender
+from app.recommender import Recommender, ScoringLimits
 from app.request_log import SqlRequestLog
 from app.server import die_with_parent
 from app.settings import Settings
@@ -116,6 +116,10 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
             metrics=metrics,
             request_log=request_log,
             max_support=settings.max_support,
+            limits=ScoringLimits(
+                candidates=settings.candidates,
+                full_scoring_max_items=settings.full_scoring_max_items,
+            ),
             on_model_fault=models.report_fault,
         ),
     )

@@ -2,11 +2,13 @@
 
 `recommend` checks the request against the model (MAX_SUPPORT, catalog ids, label range), takes
 the task state from the cache or encodes it, scores, ranks, draws the uncertainty and falls back
-to popularity for an empty support set; refusals are `ServingError`s. Scoring goes only through
-`tanp.scoring` (the code offline evaluation uses); a model that scores NaN or infinity, or fails
-inside scoring, is a `ModelFaultError`, never a wrong ranking or an anonymous 500. `Recommender`
-is the per-app wrapper that also counts every call (Prometheus), reports model faults and writes
-the request-log entry. Knows nothing about HTTP.
+to popularity for an empty support set; refusals are `ServingError`s. Over a catalog larger
+than `ScoringLimits.full_scoring_max_items` on CPU, only the scorer's candidate stage (the liked
+support items' neighbours, then the most popular items) is scored and ranked. Scoring goes only
+through `tanp.scoring` (the code offline evaluation uses); a model that scores NaN or infinity,
+or fails inside scoring, is a `ModelFaultError`, never a wrong ranking or an anonymous 500.
+`Recommender` is the per-app wrapper that also counts every call (Prometheus), reports model
+faults and writes the request-log entry. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -41,6 +43,24 @@ POPULARITY: Literal["popularity"] = "popularity"
 
 
 @dataclass(frozen=True, slots=True)
+class ScoringLimits:
+    """When to rank the candidate stage instead of the whole catalog (CANDIDATES and
+    FULL_SCORING_MAX_ITEMS): a catalog of more than `full_scoring_max_items` items on CPU is
+    ranked over `candidates` items; on a GPU, scoring every item stays cheap."""
+
+    candidates: int = 2_000
+    full_scoring_max_items: int = 50_000
+
+    def candidate_count(self, model: ServingModel) -> int | None:
+        """How many candidates to score for `model`; None: the whole catalog."""
+        if model.config.num_items <= self.full_scoring_max_items:
+            return None
+        if model.scorer.device.type == "cuda":
+            return None
+        return self.candidates
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
     name: str | None
@@ -61,9 +81,18 @@ class Recommendation:
 
 
 def recommend(
-    *, model: ServingModel, cache: TaskStateCache, request: RecommendRequest, max_support: int
+    *,
+    model: ServingModel,
+    cache: TaskStateCache,
+    request: RecommendRequest,
+    max_support: int,
+    limits: ScoringLimits | None = None,
 ) -> Recommendation:
     """Top-k items for a new user's support set; support and `exclude` items never appear.
+
+    Without request candidates, a catalog `limits` marks as large is ranked over the scorer's
+    candidate stage only (`limits.candidate_count`; no limits: always the whole catalog);
+    request candidates are always scored as given.
 
     Empty support: the popularity ranking, flagged `fallback="popularity"`, with scores = train
     positive count / the largest count. `uncertainty_samples` = S > 0: each returned item's
@@ -112,6 +141,11 @@ def recommend(
             if state is None:
                 state = model.scorer.encode_one(support, labels)
                 cache.put(model_version=model.version, digest=digest, state=state)
+            count = (
+                limits.candidate_count(model) if limits is not None and candidates is None else None
+            )
+            if count is not None:
+                candidates = model.scorer.candidates(state, count=count)[0].cpu().numpy()
             chosen, scores = _model_top(
                 model, state=state, excluded=excluded, candidates=candidates, k=request.k
             )
@@ -155,7 +189,8 @@ def recommend(
 
 
 class Recommender:
-    """`recommend` for one app: its cache and MAX_SUPPORT, counted and request-logged."""
+    """`recommend` for one app: its cache, MAX_SUPPORT and scoring limits, counted and
+    request-logged."""
 
     def __init__(
         self,
@@ -164,12 +199,14 @@ class Recommender:
         metrics: Metrics,
         request_log: RequestLogSink,
         max_support: int,
+        limits: ScoringLimits | None = None,
         on_model_fault: Callable[[ModelFaultError], None] | None = None,
     ) -> None:
         self.cache = cache
         self.metrics = metrics
         self.request_log = request_log
         self.max_support = max_support
+        self.limits = limits
         self.on_model_fault = on_model_fault
 
     def recommend(
@@ -180,7 +217,11 @@ class Recommender:
         started = time.perf_counter()
         try:
             answer = recommend(
-                model=model, cache=self.cache, request=request, max_support=self.max_support
+                model=model,
+                cache=self.cache,
+                request=request,
+                max_support=self.max_support,
+                limits=self.limits,
             )
         except ModelFaultError as fault:
             self.metrics.model_faults.labels(version=fault.version, reason=fault.kind).inc()

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import ITEMS, NAMES, tiny_model
+import torch
+from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
 from app.cache import MemoryCache, TaskStateCache, cache_key, support_digest
 from app.errors import (
@@ -19,10 +20,12 @@ from app.errors import (
     UnknownItemsError,
 )
 from app.holder import ServingModel
-from app.recommender import Recommendation, Recommender, recommend
+from app.recommender import Recommendation, Recommender, ScoringLimits, recommend
 from app.request_log import RequestLogEntry
 from app.schemas import RecommendRequest
 from app.telemetry import Metrics
+from tanp.checkpoint import save_checkpoint
+from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank
 
 SUPPORT = [
@@ -270,3 +273,77 @@ def test_running_out_of_memory_is_not_blamed_on_the_model(
             cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100
         )
         ask_model.recommend(model=broken, request=request, request_id="r1")
+
+
+NEIGHBOURS = 3
+
+
+@pytest.fixture(scope="module")
+def neighbour_model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
+    """The tiny model with stored neighbours: item i's are i+1, i+2, i+3 (mod 40)."""
+    torch.manual_seed(1)
+    with_neighbours = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=NEIGHBOURS))
+    with_neighbours.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
+    index = (torch.arange(NUM_ITEMS).unsqueeze(1) + torch.arange(1, NEIGHBOURS + 1)) % NUM_ITEMS
+    with_neighbours.affinity.set_neighbours(index, torch.full((NUM_ITEMS, NEIGHBOURS), 0.5))
+    run = tmp_path_factory.mktemp("neighbour-models") / "nb1"
+    save_checkpoint(run, model=with_neighbours, items=ITEMS, item_names=NAMES, version="nb1")
+    return ServingModel.load(run, device="cpu")
+
+
+def test_a_catalog_over_the_full_scoring_limit_ranks_only_the_candidate_stage(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    limits = ScoringLimits(candidates=8, full_scoring_max_items=NUM_ITEMS - 1)
+    assert limits.candidate_count(neighbour_model) == 8
+    assert ScoringLimits(full_scoring_max_items=NUM_ITEMS).candidate_count(neighbour_model) is None
+    support = [
+        {"item_id": "a10", "rating": 1},
+        {"item_id": "a20", "rating": 1},
+        {"item_id": "a11", "rating": 0},
+    ]
+    indices = [ITEMS.index(item["item_id"]) for item in support]
+    scorer = neighbour_model.scorer
+    state = scorer.encode_one(indices, [1.0, 1.0, 0.0])
+    candidates = [ITEMS[index] for index in scorer.candidates(state, count=8)[0].tolist()]
+    # the liked items' neighbours (less a11, a support item), then the most popular items
+    assert set(candidates) == {"a12", "a13", "a21", "a22", "a23", "a0", "a1", "a2"}
+
+    request = RecommendRequest.model_validate({"support": support, "k": 100})
+    answer = recommend(
+        model=neighbour_model, cache=cache, request=request, max_support=100, limits=limits
+    )
+    returned = ids(answer)
+    assert set(returned) == set(candidates)  # support items are never candidates
+    assert not set(returned) & {item["item_id"] for item in support}
+    scores = [item.score for item in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    # the candidates' scores are the ones full scoring gives them
+    full = recommend(model=neighbour_model, cache=cache, request=request, max_support=100)
+    assert len(full.items) == NUM_ITEMS - len(support)
+    full_scores = {item.item_id: item.score for item in full.items}
+    for item in answer.items:
+        assert item.score == pytest.approx(full_scores[item.item_id], abs=1e-6)
+
+    exclude = candidates[:3]
+    few = RecommendRequest.model_validate({"support": support, "k": 4, "exclude": exclude})
+    top = recommend(model=neighbour_model, cache=cache, request=few, max_support=100, limits=limits)
+    assert ids(top) == [item for item in returned if item not in exclude][:4]
+    # request candidates are ranked as given, whatever the catalog size
+    chosen = RecommendRequest.model_validate({"support": support, "candidates": ["a0", "a39"]})
+    given = recommend(
+        model=neighbour_model, cache=cache, request=chosen, max_support=100, limits=limits
+    )
+    assert sorted(ids(given)) == ["a0", "a39"]
+
+
+def test_the_recommender_applies_its_limits(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    limits = ScoringLimits(candidates=5, full_scoring_max_items=10)
+    recommender = Recommender(
+        cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100, limits=limits
+    )
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 100})
+    answer = recommender.recommend(model=neighbour_model, request=request, request_id="r1")
+    assert len(answer.items) == 5
