@@ -120,6 +120,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
                 candidates=settings.candidates,
                 full_scoring_max_items=settings.full_scoring_max_items,
             ),
+            max_batch=settings.batch_max_requests,
             on_model_fault=models.report_fault,
         ),
     )

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # below it, every catalog item is scored.
     candidates: int = Field(default=2_000, ge=1)
     full_scoring_max_items: int = Field(default=50_000, ge=1)
+    # Concurrent recommend calls of one worker that arrive while its model is busy are scored
+    # together in one forward (app.batcher), up to this many per batch.
+    batch_max_requests: int = Field(default=32, ge=1, le=1024)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

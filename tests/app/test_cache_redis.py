@@ -107,3 +107,21 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
         port = server.getsockname()[1]
         client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=0.05)
         assert_serves_without_cache(client)
+
+
+def test_many_keys_in_one_round_trip(live_redis: redis.Redis) -> None:
+    from app.cache import RedisCache
+
+    prefix = f"test-many-{uuid.uuid4().hex[:12]}"
+    cache = RedisCache(url=REDIS_URL, ttl_seconds=30, timeout_seconds=1.0)
+    try:
+        cache.set_many({f"{prefix}:a": b"1", f"{prefix}:b": b"2"})
+        assert cache.get_many([f"{prefix}:b", f"{prefix}:none", f"{prefix}:a"]) == [
+            b"2",
+            None,
+            b"1",
+        ]
+        assert 0 < live_redis.ttl(f"{prefix}:a") <= 30
+    finally:
+        live_redis.delete(f"{prefix}:a", f"{prefix}:b")
+        cache.close()

@@ -20,9 +20,21 @@ from app.errors import (
     UnknownItemsError,
 )
 from app.holder import ServingModel
-from app.recommender import Recommendation, Recommender, ScoringLimits, recommend
+from app.recommender import (
+    Recommendation,
+    Recommender,
+    ScoredItem,
+    ScoringLimits,
+    recommend,
+    recommend_many,
+)
 from app.request_log import RequestLogEntry
-from app.schemas import RecommendRequest
+from app.schemas import (
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    recommend_response_json,
+)
 from app.telemetry import Metrics
 from tanp.checkpoint import save_checkpoint
 from tanp.model import TaNP, TaNPConfig
@@ -234,6 +246,9 @@ class RaisingScorer:
     def encode_one(self, items: list[int], labels: list[float]) -> Any:
         return self._real.encode_one(items, labels)
 
+    def encode_many(self, supports: Any) -> Any:
+        return self._real.encode_many(supports)
+
     def scores(self, state: Any, *, candidates: Any = None) -> Any:
         raise self._error
 
@@ -347,3 +362,74 @@ def test_the_recommender_applies_its_limits(
     request = RecommendRequest.model_validate({"support": SUPPORT, "k": 100})
     answer = recommender.recommend(model=neighbour_model, request=request, request_id="r1")
     assert len(answer.items) == 5
+
+
+def test_a_batch_answers_each_request_as_it_would_be_answered_alone(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    bodies: list[dict[str, Any]] = [
+        {"support": SUPPORT, "k": 5},
+        {"support": [{"item_id": "a5", "rating": 1}], "k": 3, "exclude": ["a6"]},
+        {"support": [], "k": 2},
+        {"support": [{"item_id": "nope", "rating": 1}]},
+        {"support": SUPPORT, "k": 4, "candidates": ["a1", "a2", "a9"]},
+        {"support": [{"item_id": "a30", "rating": 0}, {"item_id": "a31", "rating": 1}],
+         "uncertainty_samples": 4},
+    ]  # fmt: skip
+    ask(neighbour_model, cache, support=SUPPORT)  # the first request's state is then cached
+    requests = [RecommendRequest.model_validate(body) for body in bodies]
+    batched = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
+    assert isinstance(batched[3], UnknownItemsError)
+    assert [getattr(answer, "cached", None) for answer in batched] == [
+        True, False, False, None, True, False,
+    ]  # fmt: skip
+    alone_cache = TaskStateCache(MemoryCache(ttl_seconds=60))
+    for body, answer in zip(bodies, batched, strict=True):
+        if isinstance(answer, UnknownItemsError):
+            continue
+        assert isinstance(answer, Recommendation)
+        alone = ask(neighbour_model, alone_cache, **body)
+        assert ids(answer) == ids(alone)
+        for mine, theirs in zip(answer.items, alone.items, strict=True):
+            assert mine.score == pytest.approx(theirs.score, abs=1e-5)
+            assert (mine.uncertainty is None) == (theirs.uncertainty is None)
+    # the states the batch encoded went to the cache
+    again = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
+    assert getattr(again[5], "cached", None) is True
+
+
+def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    broken = dataclasses.replace(
+        model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
+    )
+    requests = [
+        RecommendRequest.model_validate(body)
+        for body in ({"support": SUPPORT}, {"support": []}, {"support": SUPPORT[:1]})
+    ]
+    outcomes = recommend_many(model=broken, cache=cache, requests=requests, max_support=100)
+    assert isinstance(outcomes[0], ModelFaultError) and isinstance(outcomes[2], ModelFaultError)
+    assert isinstance(outcomes[1], Recommendation) and outcomes[1].fallback == "popularity"
+
+
+def test_the_response_json_is_the_response_models() -> None:
+    answer = Recommendation(
+        items=[
+            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
+            ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
+        ],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        support_size=2,
+        inference_seconds=0.001,
+    )
+    model = RecommendResponse(
+        items=[RecommendedItem(**dataclasses.asdict(item)) for item in answer.items],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        request_id="r1",
+    )
+    assert recommend_response_json(answer, request_id="r1") == model.model_dump_json().encode()
