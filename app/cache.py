@@ -3,8 +3,9 @@
 `TaskStateCache` owns the key (`tanp:{model_version}:{support digest}`) and the value format
 (`tanp.scoring.pack_state`: a header plus raw float32, never pickle) over a byte store: `RedisCache`
 (REDIS_URL set) or `MemoryCache` (a bounded, thread-safe LRU with TTL). A store failure or a
-malformed value is a miss, counted and logged, never an error response. Knows nothing about HTTP
-or the model beyond the key's version string.
+malformed value is a miss, counted and logged, never an error response. `AnswerMemo` keeps whole
+answers of repeated requests in the process (ANSWER_CACHE_ENTRIES). Knows nothing about HTTP or
+the model beyond the key's version string.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
 
 import redis
 import torch
@@ -237,12 +238,49 @@ class RedisCache:
             )
 
 
-class TaskStateCache:
-    """Task states by model version and support digest, over one byte store."""
+class AnswerMemo:
+    """This process's latest answers by request (the model version in the key), an LRU of at
+    most `max_entries`: a repeated request is answered without decoding the catalog again.
+    Answers are deterministic for a model version and request, so a hit is exact."""
 
-    def __init__(self, store: ByteStore, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, *, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class TaskStateCache:
+    """Task states by model version and support digest, over one byte store; `answers`, when
+    given, also keeps whole answers in this process."""
+
+    def __init__(
+        self,
+        store: ByteStore,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        answers: AnswerMemo | None = None,
+    ) -> None:
         self.store = store
         self.prefix = prefix
+        self.answers = answers
 
     @property
     def kind(self) -> str:

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Scope
 from app.api.routes import admin, health, items, recommend
 from app.audit_log import AuditLog
 from app.broadcast import ModelBroadcast, worker_id
-from app.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
 from app.db import open_database
 from app.errors import install_error_handlers
 from app.holder import ModelHolder, ServingModel
@@ -53,7 +53,12 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    return TaskStateCache(store)
+    answers = (
+        AnswerMemo(max_entries=settings.answer_cache_entries)
+        if settings.answer_cache_entries
+        else None
+    )
+    return TaskStateCache(store, answers=answers)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:

@@ -132,7 +132,21 @@ def recommend_many(
             asks.append(_prepare(model, request, max_support=max_support, position=position))
         except ServingError as refusal:
             outcomes[position] = refusal
-    scored = [ask for ask in asks if ask.support]
+    memo = cache.answers
+    scored: list[_Ask] = []
+    for ask in asks:
+        remembered = memo.get(_memo_key(model, ask)) if memo is not None and ask.support else None
+        if remembered is not None:
+            outcomes[ask.position] = Recommendation(
+                items=list(remembered),
+                model_version=model.version,
+                cached=True,
+                fallback=None,
+                support_size=len(ask.support),
+                inference_seconds=time.perf_counter() - started,
+            )
+        elif ask.support:
+            scored.append(ask)
     for ask in asks:
         if not ask.support:
             chosen = _popularity_top(
@@ -167,6 +181,11 @@ def recommend_many(
                         max_support=max_support,
                         limits=limits,
                     )
+    if memo is not None:
+        for ask in scored:
+            answer = outcomes[ask.position]
+            if isinstance(answer, Recommendation):
+                memo.put(_memo_key(model, ask), tuple(answer.items))
     assert all(outcome is not None for outcome in outcomes)
     return [outcome for outcome in outcomes if outcome is not None]
 
@@ -182,6 +201,18 @@ class _Ask:
     excluded: np.ndarray
     candidates: np.ndarray | None
     digest: str
+
+
+def _memo_key(model: ServingModel, ask: _Ask) -> tuple[object, ...]:
+    request = ask.request
+    return (
+        model.version,
+        ask.digest,
+        request.k,
+        frozenset(request.exclude),
+        None if request.candidates is None else tuple(request.candidates),
+        request.uncertainty_samples,
+    )
 
 
 def _prepare(

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Concurrent recommend calls of one worker that arrive while its model is busy are scored
     # together in one forward (app.batcher), up to this many per batch.
     batch_max_requests: int = Field(default=32, ge=1, le=1024)
+    # Whole answers of repeated requests kept per worker (an LRU; 0: none): a repeat skips
+    # the catalog decode. The task-state cache (Redis or memory) is used either way.
+    answer_cache_entries: int = Field(default=10_000, ge=0)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -81,6 +81,7 @@ def closed_port() -> int:
 
 
 def assert_serves_without_cache(client: TestClient) -> None:
+    """(With the in-process answer memo off: it would answer the repeat without Redis.)"""
     before = cache_errors(client)
     bodies: list[dict[str, Any]] = [
         {"support": SUPPORT},
@@ -96,7 +97,7 @@ def assert_serves_without_cache(client: TestClient) -> None:
 
 
 def test_unreachable_redis_still_serves(make_client: AppFactory) -> None:
-    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0", answer_cache_entries=0)
     assert_serves_without_cache(client)
 
 
@@ -105,7 +106,11 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
         server.bind(("127.0.0.1", 0))
         server.listen(16)
         port = server.getsockname()[1]
-        client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=0.05)
+        client = make_client(
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_timeout_seconds=0.05,
+            answer_cache_entries=0,
+        )
         assert_serves_without_cache(client)
 
 

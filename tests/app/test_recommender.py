@@ -12,7 +12,7 @@ import pytest
 import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
-from app.cache import MemoryCache, TaskStateCache, cache_key, support_digest
+from app.cache import AnswerMemo, MemoryCache, TaskStateCache, cache_key, support_digest
 from app.errors import (
     InvalidRequestError,
     ModelFaultError,
@@ -433,3 +433,21 @@ def test_the_response_json_is_the_response_models() -> None:
         request_id="r1",
     )
     assert recommend_response_json(answer, request_id="r1") == model.model_dump_json().encode()
+
+
+def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
+    model: ServingModel,
+) -> None:
+    memo = AnswerMemo(max_entries=2)
+    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=memo)
+    first = ask(model, cache, support=SUPPORT, k=5, exclude=["a1"])
+    broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, RuntimeError("no")))
+    again = ask(broken, cache, support=list(reversed(SUPPORT)), k=5, exclude=["a1"])
+    assert (first.cached, again.cached) == (False, True)
+    assert again.items == first.items and len(memo) == 1
+    with pytest.raises(ModelFaultError):  # another k is another answer: scored again
+        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+    with pytest.raises(ModelFaultError):  # and a fault is never remembered
+        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+    other = dataclasses.replace(model, version="v2")
+    assert ask(other, cache, support=SUPPORT, k=5, exclude=["a1"]).cached is False
