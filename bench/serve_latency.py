@@ -11,6 +11,7 @@ charged for the queueing (no coordinated omission). Scenarios: distinct support 
 misses) and a pool of 32 repeated ones (cache hits). `--sweep` steps the rate for each until
 p99 > 50 ms or an error, and reports the knee: the highest rate with p99 <= 50 ms and 0 errors.
 Every step also reports the CPU the server's processes and the generator used per request.
+Each run's Redis should be empty (a state left by an earlier run would turn a miss into a hit).
 Then the server time of one request split into its parts, timed in this process on the same
 components the server wires (parse/validate, cache, model, serialise, request log), next to the
 in-process `tanp.scoring` time. Without --run, a 3,846-item model with random weights is saved
@@ -410,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         help="registry and request log (default: a throwaway SQLite file)",
     )
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument(
+        "--no-fixed", action="store_true", help="skip the two fixed-rate scenarios and in-process"
+    )
     args = parser.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="tanp-bench-"))
@@ -462,28 +466,30 @@ def main(argv: list[str] | None = None) -> int:
 
             count = int(args.rate * args.duration)
             load("warm-up", bodies_of(random_supports(items, 200, seed=next(seed))), 50.0)
-            results.append(
-                load(
-                    "distinct supports (misses)",
-                    bodies_of(random_supports(items, count, seed=next(seed))),
-                    args.rate,
+            if not args.no_fixed:
+                results.append(
+                    load(
+                        "distinct supports (misses)",
+                        bodies_of(random_supports(items, count, seed=next(seed))),
+                        args.rate,
+                    )
                 )
-            )
             pool = random_supports(items, HIT_POOL, seed=3)
             load("fill the cache", bodies_of(pool), 50.0)
             hit_bodies = bodies_of(pool)
-            hits = [hit_bodies[index % HIT_POOL] for index in range(count)]
-            results.append(load("repeated supports (hits)", hits, args.rate))
+            if not args.no_fixed:
+                hits = [hit_bodies[index % HIT_POOL] for index in range(count)]
+                results.append(load("repeated supports (hits)", hits, args.rate))
 
             if args.sweep:
                 duration = args.sweep_duration or args.duration
-                for rate in (float(value) for value in args.miss_rates.split(",")):
+                for rate in (float(value) for value in args.miss_rates.split(",") if value):
                     supports = random_supports(items, int(rate * duration), seed=next(seed))
                     result = load("sweep, distinct supports (misses)", bodies_of(supports), rate)
                     miss_sweep.append(result)
                     if result.errors or result.p99_ms > P99_TARGET_MS:
                         break
-                for rate in (float(value) for value in args.hit_rates.split(",")):
+                for rate in (float(value) for value in args.hit_rates.split(",") if value):
                     payloads = [
                         hit_bodies[index % HIT_POOL] for index in range(int(rate * duration))
                     ]
@@ -495,12 +501,13 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=30)
 
-    sample = random_supports(items, 1000, seed=2)
-    results.append(in_process(models_dir / version, sample, cached=False))
-    results.append(in_process(models_dir / version, sample, cached=True))
+    if not args.no_fixed:
+        sample = random_supports(items, 1000, seed=2)
+        results.append(in_process(models_dir / version, sample, cached=False))
+        results.append(in_process(models_dir / version, sample, cached=True))
     parts = (
         []
-        if args.no_breakdown
+        if args.no_breakdown or args.no_fixed
         else breakdown(
             models_dir / version,
             random_supports(items, 500, seed=next(seed)),
