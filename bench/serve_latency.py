@@ -240,6 +240,18 @@ def breakdown(
             store.set(key, value)
             self.seconds += time.perf_counter() - started
 
+        def get_many(self, keys: list[str]) -> list[bytes | None]:
+            started = time.perf_counter()
+            try:
+                return list(store.get_many(keys))
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        def set_many(self, values: dict[str, bytes]) -> None:
+            started = time.perf_counter()
+            store.set_many(values)
+            self.seconds += time.perf_counter() - started
+
         def status(self) -> str:
             return str(store.status())
 
@@ -505,18 +517,6 @@ def main(argv: list[str] | None = None) -> int:
         sample = random_supports(items, 1000, seed=2)
         results.append(in_process(models_dir / version, sample, cached=False))
         results.append(in_process(models_dir / version, sample, cached=True))
-    parts = (
-        []
-        if args.no_breakdown or args.no_fixed
-        else breakdown(
-            models_dir / version,
-            random_supports(items, 500, seed=next(seed)),
-            redis_url=args.redis_url,
-            database_url=database_url,
-        )
-    )
-    shutil.rmtree(workdir, ignore_errors=True)
-
     print(
         f"model: {description}; server: tanp-serve --workers {args.workers} (uvicorn), "
         f"127.0.0.1; cache: {'redis' if args.redis_url else 'in-process LRU'}; "
@@ -532,12 +532,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         print(f"\nknee, misses (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(miss_sweep)}")
         print(f"knee, hits (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(hit_sweep)}")
-    if parts:
+    sys.stdout.flush()
+    if not (args.no_breakdown or args.no_fixed):
+        parts = breakdown(
+            models_dir / version,
+            random_supports(items, 500, seed=next(seed)),
+            redis_url=args.redis_url,
+            database_url=database_url,
+        )
         print("\nserver time of one request, in process (mean ms):\n")
         print("| part | miss | hit |\n|---|---:|---:|")
         for name, miss, hit in parts:
             print(f"| {name} | {miss:.3f} | {hit:.3f} |")
         print(f"| sum | {sum(p[1] for p in parts):.3f} | {sum(p[2] for p in parts):.3f} |")
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
