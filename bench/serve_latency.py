@@ -10,7 +10,8 @@ earlier ones, and its latency is counted from that due time, so a server that fa
 charged for the queueing (no coordinated omission). Scenarios: distinct support sets (cache
 misses) and a pool of 32 repeated ones (cache hits). `--sweep` steps the rate for each until
 p99 > 50 ms or an error, and reports the knee: the highest rate with p99 <= 50 ms and 0 errors.
-Every step also reports the CPU the server's processes and the generator used per request.
+Every step also reports the CPU per request of the server's processes, of the generator and of
+the whole machine (Redis, Postgres and anything else running included).
 Each run's Redis should be empty (a state left by an earlier run would turn a miss into a hit).
 Then the server time of one request split into its parts, timed in this process on the same
 components the server wires (parse/validate, cache, model, serialise, request log), next to the
@@ -68,6 +69,7 @@ class Result:
     p99_ms: float
     server_cpu_ms: float = float("nan")  # server processes' CPU per answered request
     client_cpu_ms: float = float("nan")  # the generator's CPU per request
+    machine_cpu_ms: float = float("nan")  # every process's CPU per request (Redis, SQL, ...)
 
 
 def free_port() -> int:
@@ -120,6 +122,13 @@ def process_tree_cpu(root: int) -> float:
     return total
 
 
+def machine_cpu() -> float:
+    """Busy CPU seconds of the whole machine, all cores (the first line of /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def summarise(
     scenario: str,
     *,
@@ -129,6 +138,7 @@ def summarise(
     elapsed: float,
     server_cpu: float = float("nan"),
     client_cpu: float = float("nan"),
+    busy_cpu: float = float("nan"),
 ) -> Result:
     values = np.asarray(latencies) * 1000.0 if latencies else np.asarray([np.nan])
     sent = len(latencies) + errors
@@ -143,6 +153,7 @@ def summarise(
         p99_ms=float(np.percentile(values, 99)),
         server_cpu_ms=1000.0 * server_cpu / max(len(latencies), 1),
         client_cpu_ms=1000.0 * client_cpu / max(sent, 1),
+        machine_cpu_ms=1000.0 * busy_cpu / max(sent, 1),
     )
 
 
@@ -383,18 +394,20 @@ def wait_ready(base: str, server: subprocess.Popen[bytes], timeout: float = 120.
 def table(results: list[Result]) -> str:
     lines = [
         "| scenario | target req/s | achieved req/s | requests | errors "
-        "| p50 ms | p95 ms | p99 ms | server CPU ms/req | generator CPU ms/req |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 ms | p95 ms | p99 ms | server CPU ms/req | generator CPU ms/req "
+        "| machine CPU ms/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for result in results:
         target = "-" if np.isnan(result.rate) else f"{result.rate:.0f}"
         achieved = "-" if np.isnan(result.rate) else f"{result.achieved_rate:.1f}"
         server = "-" if np.isnan(result.server_cpu_ms) else f"{result.server_cpu_ms:.2f}"
         client = "-" if np.isnan(result.client_cpu_ms) else f"{result.client_cpu_ms:.2f}"
+        machine = "-" if np.isnan(result.machine_cpu_ms) else f"{result.machine_cpu_ms:.2f}"
         lines.append(
             f"| {result.scenario} | {target} | {achieved} | {result.sent} | {result.errors} "
             f"| {result.p50_ms:.2f} | {result.p95_ms:.2f} | {result.p99_ms:.2f} "
-            f"| {server} | {client} |"
+            f"| {server} | {client} | {machine} |"
         )
     return "\n".join(lines)
 
@@ -460,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
 
             def load(scenario: str, payloads: list[bytes], rate: float) -> Result:
-                cpu = process_tree_cpu(server.pid)
+                cpu, busy = process_tree_cpu(server.pid), machine_cpu()
                 latencies, errors, elapsed, client_cpu, last_error = executor.submit(
                     drive, port=port, payloads=payloads, rate=rate
                 ).result()
@@ -474,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
                     elapsed=elapsed,
                     server_cpu=process_tree_cpu(server.pid) - cpu,
                     client_cpu=client_cpu,
+                    busy_cpu=machine_cpu() - busy,
                 )
 
             count = int(args.rate * args.duration)
