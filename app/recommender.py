@@ -132,19 +132,11 @@ def recommend_many(
             asks.append(_prepare(model, request, max_support=max_support, position=position))
         except ServingError as refusal:
             outcomes[position] = refusal
-    memo = cache.answers
     scored: list[_Ask] = []
     for ask in asks:
-        remembered = memo.get(_memo_key(model, ask)) if memo is not None and ask.support else None
+        remembered = _remembered(model, cache, ask, started=started)
         if remembered is not None:
-            outcomes[ask.position] = Recommendation(
-                items=list(remembered),
-                model_version=model.version,
-                cached=True,
-                fallback=None,
-                support_size=len(ask.support),
-                inference_seconds=time.perf_counter() - started,
-            )
+            outcomes[ask.position] = remembered
         elif ask.support:
             scored.append(ask)
     for ask in asks:
@@ -181,6 +173,7 @@ def recommend_many(
                         max_support=max_support,
                         limits=limits,
                     )
+    memo = cache.answers
     if memo is not None:
         for ask in scored:
             answer = outcomes[ask.position]
@@ -201,6 +194,37 @@ class _Ask:
     excluded: np.ndarray
     candidates: np.ndarray | None
     digest: str
+
+
+def remembered_answer(
+    *, model: ServingModel, cache: TaskStateCache, request: RecommendRequest, max_support: int
+) -> Recommendation | None:
+    """The answer memo's answer to `request`, or None (no memo, not remembered, or a request
+    `recommend` refuses: that refusal is its to raise). Cheap and non-blocking: no model call."""
+    if cache.answers is None or not request.support:
+        return None
+    try:
+        ask = _prepare(model, request, max_support=max_support, position=0)
+    except ServingError:
+        return None
+    return _remembered(model, cache, ask, started=time.perf_counter())
+
+
+def _remembered(
+    model: ServingModel, cache: TaskStateCache, ask: _Ask, *, started: float
+) -> Recommendation | None:
+    memo = cache.answers
+    remembered = memo.get(_memo_key(model, ask)) if memo is not None and ask.support else None
+    if remembered is None:
+        return None
+    return Recommendation(
+        items=list(remembered),
+        model_version=model.version,
+        cached=True,
+        fallback=None,
+        support_size=len(ask.support),
+        inference_seconds=time.perf_counter() - started,
+    )
 
 
 def _memo_key(model: ServingModel, ask: _Ask) -> tuple[object, ...]:
@@ -450,9 +474,16 @@ class Recommender:
     async def recommend_async(
         self, *, model: ServingModel, request: RecommendRequest, request_id: str
     ) -> Recommendation:
-        """`recommend` from the event loop: the call joins the next micro-batch, which runs
-        on the batcher's thread with the calls that arrived meanwhile."""
+        """`recommend` from the event loop: an answer the memo holds is given at once (no
+        thread hop); any other call joins the next micro-batch, which runs on the batcher's
+        thread with the calls that arrived meanwhile."""
         call = _Call(model, request, request_id, time.perf_counter())
+        remembered = remembered_answer(
+            model=model, cache=self.cache, request=request, max_support=self.max_support
+        )
+        if remembered is not None:
+            self._account(call, remembered)
+            return remembered
         outcome = await self.batcher.submit(call)
         if isinstance(outcome, ServingError):
             raise outcome

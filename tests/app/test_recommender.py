@@ -3,6 +3,7 @@ uncertainty, the task-state cache, every refusal, and the per-app counting and r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -451,3 +452,28 @@ def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
         ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
     other = dataclasses.replace(model, version="v2")
     assert ask(other, cache, support=SUPPORT, k=5, exclude=["a1"]).cached is False
+
+
+def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
+    model: ServingModel,
+) -> None:
+    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=AnswerMemo(max_entries=8))
+    log = RecordingLog()
+    recommender = Recommender(cache=cache, metrics=Metrics(), request_log=log, max_support=100)
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
+
+    async def twice() -> tuple[Recommendation, Recommendation]:
+        first = await recommender.recommend_async(model=model, request=request, request_id="r1")
+        again = await recommender.recommend_async(model=model, request=request, request_id="r2")
+        return first, again
+
+    try:
+        first, again = asyncio.run(twice())
+    finally:
+        recommender.close()
+    assert (first.cached, again.cached) == (False, True) and again.items == first.items
+    assert (recommender.batcher.batches, recommender.batcher.items) == (1, 1)
+    assert [entry.request_id for entry in log.entries] == ["r1", "r2"]
+    with pytest.raises(UnknownItemsError):  # refusals still come from the batch path
+        bad = RecommendRequest.model_validate({"support": [{"item_id": "zz", "rating": 1}]})
+        recommender.recommend(model=model, request=bad, request_id="r3")
