@@ -3,8 +3,9 @@
 `TaskStateCache` owns the key (`tanp:{model_version}:{support digest}`) and the value format
 (`tanp.scoring.pack_state`: a header plus raw float32, never pickle) over a byte store: `RedisCache`
 (REDIS_URL set) or `MemoryCache` (a bounded, thread-safe LRU with TTL). A store failure or a
-malformed value is a miss, counted and logged, never an error response. Knows nothing about HTTP
-or the model beyond the key's version string.
+malformed value is a miss, counted and logged, never an error response. `AnswerMemo` keeps whole
+answers of repeated requests in the process (ANSWER_CACHE_ENTRIES). Knows nothing about HTTP or
+the model beyond the key's version string.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
 
 import redis
 import torch
@@ -54,6 +55,10 @@ class ByteStore(Protocol):
     def get(self, key: str) -> bytes | None: ...
 
     def set(self, key: str, value: bytes) -> None: ...
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    def set_many(self, values: dict[str, bytes]) -> None: ...
 
     def status(self) -> str:
         """ "ok", "down" or "disabled" (no external backend), for /health."""
@@ -100,6 +105,13 @@ class MemoryCache:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
+
+    def set_many(self, values: dict[str, bytes]) -> None:
+        for key, value in values.items():
+            self.set(key, value)
 
     def __len__(self) -> int:
         with self._lock:
@@ -164,6 +176,35 @@ class RedisCache:
         except (RedisError, OSError) as error:
             self._failed("set", error)
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """One MGET; a failure is a miss for every key."""
+        if len(keys) == 1:
+            return [self.get(keys[0])]
+        if self._backing_off():
+            return [None] * len(keys)
+        try:
+            values = self._client.mget(keys)
+        except (RedisError, OSError) as error:
+            self._failed("mget", error)
+            return [None] * len(keys)
+        return [value if isinstance(value, bytes) else None for value in values]
+
+    def set_many(self, values: dict[str, bytes]) -> None:
+        """One pipeline of SETs with the TTL (not a transaction)."""
+        if len(values) == 1:
+            ((key, value),) = values.items()
+            self.set(key, value)
+            return
+        if self._backing_off() or not values:
+            return
+        try:
+            pipeline = self._client.pipeline(transaction=False)
+            for key, value in values.items():
+                pipeline.set(key, value, ex=self.ttl_seconds)
+            pipeline.execute()
+        except (RedisError, OSError) as error:
+            self._failed("set", error)
+
     def status(self) -> str:
         try:
             return "ok" if self._client.ping() else "down"
@@ -197,12 +238,49 @@ class RedisCache:
             )
 
 
-class TaskStateCache:
-    """Task states by model version and support digest, over one byte store."""
+class AnswerMemo:
+    """This process's latest answers by request (the model version in the key), an LRU of at
+    most `max_entries`: a repeated request is answered without decoding the catalog again.
+    Answers are deterministic for a model version and request, so a hit is exact."""
 
-    def __init__(self, store: ByteStore, *, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(self, *, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+class TaskStateCache:
+    """Task states by model version and support digest, over one byte store; `answers`, when
+    given, also keeps whole answers in this process."""
+
+    def __init__(
+        self,
+        store: ByteStore,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        answers: AnswerMemo | None = None,
+    ) -> None:
         self.store = store
         self.prefix = prefix
+        self.answers = answers
 
     @property
     def kind(self) -> str:
@@ -219,6 +297,31 @@ class TaskStateCache:
         except ValueError as error:
             logger.warning("ignoring a malformed cache entry %s: %s", key, error)
             return None
+
+    def get_many(
+        self, *, model_version: str, digests: list[str], device: torch.device
+    ) -> list[TaskState | None]:
+        """`get` for several digests, in one round trip to the store."""
+        keys = [
+            cache_key(model_version=model_version, digest=d, prefix=self.prefix) for d in digests
+        ]
+        states: list[TaskState | None] = []
+        for key, payload in zip(keys, self.store.get_many(keys), strict=True):
+            try:
+                states.append(None if payload is None else unpack_state(payload, device=device))
+            except ValueError as error:
+                logger.warning("ignoring a malformed cache entry %s: %s", key, error)
+                states.append(None)
+        return states
+
+    def put_many(self, *, model_version: str, states: dict[str, TaskState]) -> None:
+        """`put` for several digests -> states, in one round trip to the store."""
+        self.store.set_many(
+            {
+                cache_key(model_version=model_version, digest=d, prefix=self.prefix): pack_state(s)
+                for d, s in states.items()
+            }
+        )
 
     def put(self, *, model_version: str, digest: str, state: TaskState) -> None:
         key = cache_key(model_version=model_version, digest=digest, prefix=self.prefix)

@@ -24,13 +24,13 @@ from starlette.types import ASGIApp, Scope
 from app.api.routes import admin, health, items, recommend
 from app.audit_log import AuditLog
 from app.broadcast import ModelBroadcast, worker_id
-from app.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
 from app.db import open_database
 from app.errors import install_error_handlers
 from app.holder import ModelHolder, ServingModel
 from app.middleware import ServiceMiddleware
 from app.models_service import ModelService
-from app.recommender import Recommender
+from app.recommender import Recommender, ScoringLimits
 from app.request_log import SqlRequestLog
 from app.server import die_with_parent
 from app.settings import Settings
@@ -53,7 +53,12 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    return TaskStateCache(store)
+    answers = (
+        AnswerMemo(max_entries=settings.answer_cache_entries)
+        if settings.answer_cache_entries
+        else None
+    )
+    return TaskStateCache(store, answers=answers)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -116,6 +121,11 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
             metrics=metrics,
             request_log=request_log,
             max_support=settings.max_support,
+            limits=ScoringLimits(
+                candidates=settings.candidates,
+                full_scoring_max_items=settings.full_scoring_max_items,
+            ),
+            max_batch=settings.batch_max_requests,
             on_model_fault=models.report_fault,
         ),
     )

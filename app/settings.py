@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     cache_ttl_seconds: int = Field(default=3600, ge=1)
     max_support: int = Field(default=100, ge=1, le=10_000)
+    # Catalogs above FULL_SCORING_MAX_ITEMS items are scored on CANDIDATES items only (the
+    # liked support items' neighbours, then the most popular), on CPU; on a GPU, or at or
+    # below it, every catalog item is scored.
+    candidates: int = Field(default=2_000, ge=1)
+    full_scoring_max_items: int = Field(default=50_000, ge=1)
+    # Concurrent recommend calls of one worker that arrive while its model is busy are scored
+    # together in one forward (app.batcher), up to this many per batch.
+    batch_max_requests: int = Field(default=32, ge=1, le=1024)
+    # Whole answers of repeated requests kept per worker (an LRU; 0: none): a repeat skips
+    # the catalog decode. The task-state cache (Redis or memory) is used either way.
+    answer_cache_entries: int = Field(default=10_000, ge=0)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

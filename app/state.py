@@ -36,6 +36,7 @@ class ServiceState:
         """Blocking: stop the model threads, flush the request and audit logs, close DB and
         cache."""
         self.models.stop()
+        self.recommender.close()
         self.request_log.close()
         self.audit_log.close()
         self.database.close()

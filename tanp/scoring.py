@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from tanp.model import Gaussian, TaNP, TaskState, reparameterise
 
@@ -54,6 +55,19 @@ class Scorer:
         items = torch.tensor([item_indices], dtype=torch.long).reshape(1, len(item_indices))
         values = torch.tensor([labels], dtype=torch.float32).reshape(1, len(labels))
         return self.encode(items=items, labels=values)
+
+    def encode_many(self, supports: Sequence[tuple[list[int], list[float]]]) -> TaskState:
+        """Several support sets (item indices, labels) -> one TaskState of B tasks, padded to
+        the longest with the mask; each task's state equals `encode_one`'s to float rounding."""
+        longest = max((len(items) for items, _ in supports), default=0)
+        items = torch.zeros(len(supports), longest, dtype=torch.long)
+        labels = torch.zeros(len(supports), longest, dtype=torch.float32)
+        mask = torch.zeros(len(supports), longest, dtype=torch.bool)
+        for row, (indices, values) in enumerate(supports):
+            items[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+            labels[row, : len(values)] = torch.tensor(values, dtype=torch.float32)
+            mask[row, : len(indices)] = True
+        return self.encode(items=items, labels=labels, mask=mask)
 
     @torch.inference_mode()
     def scores(self, state: TaskState, *, candidates: Tensor | None = None) -> Tensor:
@@ -118,15 +132,63 @@ def rank(
 ) -> np.ndarray:
     """Indices of `scores` (N,) from best to worst; ties keep the lower index first.
 
-    Excluded indices never appear; k cuts the list. Used offline and online alike.
+    Excluded indices never appear; k cuts the list. Used offline and online alike. With k
+    well below N only the items scoring at least the k-th best kept score are sorted
+    (`np.partition` finds that score), so a top-10 of a big catalog costs O(N), not O(N log N);
+    the answer is the full sort's, ties at the cut included.
     """
-    values = np.asarray(scores, dtype=np.float64).copy()
-    keep = np.ones(values.shape[0], dtype=bool)
+    values = np.asarray(scores, dtype=np.float64)
+    count = values.shape[0]
+    keep = np.ones(count, dtype=bool)
     if exclude is not None and len(exclude):
         keep[np.asarray(exclude, dtype=np.int64)] = False
+    if k is not None and 0 < k < count // 4 and not np.isnan(values).any():
+        kept = np.flatnonzero(keep)
+        if k >= kept.size:
+            chosen = kept
+        else:
+            negated = -values[kept]
+            cut = np.partition(negated, k - 1)[k - 1]  # minus the k-th best kept score
+            chosen = kept[negated <= cut]
+        order = chosen[np.argsort(-values[chosen], kind="stable")]
+        return order[:k]
     order = np.argsort(-values, kind="stable")
     order = order[keep[order]]
     return order if k is None else order[:k]
+
+
+def split_states(state: TaskState) -> list[TaskState]:
+    """A TaskState of B tasks -> B states of one task each (views, padding kept)."""
+    batch = state.task.shape[0]
+    return [
+        TaskState(
+            Gaussian(state.prior.mu[row : row + 1], state.prior.logvar[row : row + 1]),
+            *(tensor[row : row + 1] for tensor in state[1:]),
+        )
+        for row in range(batch)
+    ]
+
+
+def stack_states(states: Sequence[TaskState]) -> TaskState:
+    """States of one task each -> one TaskState of B tasks, supports padded with the mask."""
+    if len(states) == 1:
+        return states[0]
+    longest = max(state.support_items.shape[1] for state in states)
+
+    def padded(tensor: Tensor) -> Tensor:
+        return F.pad(tensor, (0, longest - tensor.shape[1]))
+
+    return TaskState(
+        Gaussian(
+            torch.cat([state.prior.mu for state in states]),
+            torch.cat([state.prior.logvar for state in states]),
+        ),
+        torch.cat([state.task for state in states]),
+        torch.cat([state.assignment for state in states]),
+        torch.cat([padded(state.support_items) for state in states]),
+        torch.cat([padded(state.support_labels) for state in states]),
+        torch.cat([padded(state.support_mask) for state in states]),
+    )
 
 
 def popularity_ranking(model: TaNP) -> np.ndarray:

@@ -108,3 +108,20 @@ def test_hung_redis_times_out_quickly() -> None:
         assert time.perf_counter() - started < 1.0
         assert errors == [1]
         cache.close()
+
+
+def test_many_keys_at_once_on_memory_and_an_unreachable_redis() -> None:
+    memory = MemoryCache(ttl_seconds=60)
+    memory.set_many({"a": b"1", "b": b"2"})
+    assert memory.get_many(["b", "zz", "a"]) == [b"2", None, b"1"]
+    errors: list[int] = []
+    down = RedisCache(
+        url=f"redis://127.0.0.1:{closed_port()}/0",
+        ttl_seconds=60,
+        timeout_seconds=0.05,
+        on_error=lambda: errors.append(1),
+        backoff_seconds=0.0,
+    )
+    down.set_many({"a": b"1", "b": b"2"})
+    assert down.get_many(["a", "b"]) == [None, None]
+    assert len(errors) == 2

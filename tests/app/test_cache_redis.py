@@ -81,6 +81,7 @@ def closed_port() -> int:
 
 
 def assert_serves_without_cache(client: TestClient) -> None:
+    """(With the in-process answer memo off: it would answer the repeat without Redis.)"""
     before = cache_errors(client)
     bodies: list[dict[str, Any]] = [
         {"support": SUPPORT},
@@ -96,7 +97,7 @@ def assert_serves_without_cache(client: TestClient) -> None:
 
 
 def test_unreachable_redis_still_serves(make_client: AppFactory) -> None:
-    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0")
+    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0", answer_cache_entries=0)
     assert_serves_without_cache(client)
 
 
@@ -105,5 +106,27 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
         server.bind(("127.0.0.1", 0))
         server.listen(16)
         port = server.getsockname()[1]
-        client = make_client(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout_seconds=0.05)
+        client = make_client(
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            redis_timeout_seconds=0.05,
+            answer_cache_entries=0,
+        )
         assert_serves_without_cache(client)
+
+
+def test_many_keys_in_one_round_trip(live_redis: redis.Redis) -> None:
+    from app.cache import RedisCache
+
+    prefix = f"test-many-{uuid.uuid4().hex[:12]}"
+    cache = RedisCache(url=REDIS_URL, ttl_seconds=30, timeout_seconds=1.0)
+    try:
+        cache.set_many({f"{prefix}:a": b"1", f"{prefix}:b": b"2"})
+        assert cache.get_many([f"{prefix}:b", f"{prefix}:none", f"{prefix}:a"]) == [
+            b"2",
+            None,
+            b"1",
+        ]
+        assert 0 < live_redis.ttl(f"{prefix}:a") <= 30
+    finally:
+        live_redis.delete(f"{prefix}:a", f"{prefix}:b")
+        cache.close()

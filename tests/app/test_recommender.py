@@ -3,15 +3,17 @@ uncertainty, the task-state cache, every refusal, and the per-app counting and r
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from app_helpers import ITEMS, NAMES, tiny_model
+import torch
+from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
-from app.cache import MemoryCache, TaskStateCache, cache_key, support_digest
+from app.cache import AnswerMemo, MemoryCache, TaskStateCache, cache_key, support_digest
 from app.errors import (
     InvalidRequestError,
     ModelFaultError,
@@ -19,10 +21,24 @@ from app.errors import (
     UnknownItemsError,
 )
 from app.holder import ServingModel
-from app.recommender import Recommendation, Recommender, recommend
+from app.recommender import (
+    Recommendation,
+    Recommender,
+    ScoredItem,
+    ScoringLimits,
+    recommend,
+    recommend_many,
+)
 from app.request_log import RequestLogEntry
-from app.schemas import RecommendRequest
+from app.schemas import (
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    recommend_response_json,
+)
 from app.telemetry import Metrics
+from tanp.checkpoint import save_checkpoint
+from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank
 
 SUPPORT = [
@@ -231,6 +247,9 @@ class RaisingScorer:
     def encode_one(self, items: list[int], labels: list[float]) -> Any:
         return self._real.encode_one(items, labels)
 
+    def encode_many(self, supports: Any) -> Any:
+        return self._real.encode_many(supports)
+
     def scores(self, state: Any, *, candidates: Any = None) -> Any:
         raise self._error
 
@@ -270,3 +289,191 @@ def test_running_out_of_memory_is_not_blamed_on_the_model(
             cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100
         )
         ask_model.recommend(model=broken, request=request, request_id="r1")
+
+
+NEIGHBOURS = 3
+
+
+@pytest.fixture(scope="module")
+def neighbour_model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
+    """The tiny model with stored neighbours: item i's are i+1, i+2, i+3 (mod 40)."""
+    torch.manual_seed(1)
+    with_neighbours = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=NEIGHBOURS))
+    with_neighbours.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
+    index = (torch.arange(NUM_ITEMS).unsqueeze(1) + torch.arange(1, NEIGHBOURS + 1)) % NUM_ITEMS
+    with_neighbours.affinity.set_neighbours(index, torch.full((NUM_ITEMS, NEIGHBOURS), 0.5))
+    run = tmp_path_factory.mktemp("neighbour-models") / "nb1"
+    save_checkpoint(run, model=with_neighbours, items=ITEMS, item_names=NAMES, version="nb1")
+    return ServingModel.load(run, device="cpu")
+
+
+def test_a_catalog_over_the_full_scoring_limit_ranks_only_the_candidate_stage(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    limits = ScoringLimits(candidates=8, full_scoring_max_items=NUM_ITEMS - 1)
+    assert limits.candidate_count(neighbour_model) == 8
+    assert ScoringLimits(full_scoring_max_items=NUM_ITEMS).candidate_count(neighbour_model) is None
+    support = [
+        {"item_id": "a10", "rating": 1},
+        {"item_id": "a20", "rating": 1},
+        {"item_id": "a11", "rating": 0},
+    ]
+    indices = [ITEMS.index(item["item_id"]) for item in support]
+    scorer = neighbour_model.scorer
+    state = scorer.encode_one(indices, [1.0, 1.0, 0.0])
+    candidates = [ITEMS[index] for index in scorer.candidates(state, count=8)[0].tolist()]
+    # the liked items' neighbours (less a11, a support item), then the most popular items
+    assert set(candidates) == {"a12", "a13", "a21", "a22", "a23", "a0", "a1", "a2"}
+
+    request = RecommendRequest.model_validate({"support": support, "k": 100})
+    answer = recommend(
+        model=neighbour_model, cache=cache, request=request, max_support=100, limits=limits
+    )
+    returned = ids(answer)
+    assert set(returned) == set(candidates)  # support items are never candidates
+    assert not set(returned) & {item["item_id"] for item in support}
+    scores = [item.score for item in answer.items]
+    assert scores == sorted(scores, reverse=True)
+    # the candidates' scores are the ones full scoring gives them
+    full = recommend(model=neighbour_model, cache=cache, request=request, max_support=100)
+    assert len(full.items) == NUM_ITEMS - len(support)
+    full_scores = {item.item_id: item.score for item in full.items}
+    for item in answer.items:
+        assert item.score == pytest.approx(full_scores[item.item_id], abs=1e-6)
+
+    exclude = candidates[:3]
+    few = RecommendRequest.model_validate({"support": support, "k": 4, "exclude": exclude})
+    top = recommend(model=neighbour_model, cache=cache, request=few, max_support=100, limits=limits)
+    assert ids(top) == [item for item in returned if item not in exclude][:4]
+    # request candidates are ranked as given, whatever the catalog size
+    chosen = RecommendRequest.model_validate({"support": support, "candidates": ["a0", "a39"]})
+    given = recommend(
+        model=neighbour_model, cache=cache, request=chosen, max_support=100, limits=limits
+    )
+    assert sorted(ids(given)) == ["a0", "a39"]
+
+
+def test_the_recommender_applies_its_limits(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    limits = ScoringLimits(candidates=5, full_scoring_max_items=10)
+    recommender = Recommender(
+        cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100, limits=limits
+    )
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 100})
+    answer = recommender.recommend(model=neighbour_model, request=request, request_id="r1")
+    assert len(answer.items) == 5
+
+
+def test_a_batch_answers_each_request_as_it_would_be_answered_alone(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    bodies: list[dict[str, Any]] = [
+        {"support": SUPPORT, "k": 5},
+        {"support": [{"item_id": "a5", "rating": 1}], "k": 3, "exclude": ["a6"]},
+        {"support": [], "k": 2},
+        {"support": [{"item_id": "nope", "rating": 1}]},
+        {"support": SUPPORT, "k": 4, "candidates": ["a1", "a2", "a9"]},
+        {"support": [{"item_id": "a30", "rating": 0}, {"item_id": "a31", "rating": 1}],
+         "uncertainty_samples": 4},
+    ]  # fmt: skip
+    ask(neighbour_model, cache, support=SUPPORT)  # the first request's state is then cached
+    requests = [RecommendRequest.model_validate(body) for body in bodies]
+    batched = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
+    assert isinstance(batched[3], UnknownItemsError)
+    assert [getattr(answer, "cached", None) for answer in batched] == [
+        True, False, False, None, True, False,
+    ]  # fmt: skip
+    alone_cache = TaskStateCache(MemoryCache(ttl_seconds=60))
+    for body, answer in zip(bodies, batched, strict=True):
+        if isinstance(answer, UnknownItemsError):
+            continue
+        assert isinstance(answer, Recommendation)
+        alone = ask(neighbour_model, alone_cache, **body)
+        assert ids(answer) == ids(alone)
+        for mine, theirs in zip(answer.items, alone.items, strict=True):
+            assert mine.score == pytest.approx(theirs.score, abs=1e-5)
+            assert (mine.uncertainty is None) == (theirs.uncertainty is None)
+    # the states the batch encoded went to the cache
+    again = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
+    assert getattr(again[5], "cached", None) is True
+
+
+def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    broken = dataclasses.replace(
+        model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
+    )
+    requests = [
+        RecommendRequest.model_validate(body)
+        for body in ({"support": SUPPORT}, {"support": []}, {"support": SUPPORT[:1]})
+    ]
+    outcomes = recommend_many(model=broken, cache=cache, requests=requests, max_support=100)
+    assert isinstance(outcomes[0], ModelFaultError) and isinstance(outcomes[2], ModelFaultError)
+    assert isinstance(outcomes[1], Recommendation) and outcomes[1].fallback == "popularity"
+
+
+def test_the_response_json_is_the_response_models() -> None:
+    answer = Recommendation(
+        items=[
+            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
+            ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
+        ],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        support_size=2,
+        inference_seconds=0.001,
+    )
+    model = RecommendResponse(
+        items=[RecommendedItem(**dataclasses.asdict(item)) for item in answer.items],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        request_id="r1",
+    )
+    assert recommend_response_json(answer, request_id="r1") == model.model_dump_json().encode()
+
+
+def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
+    model: ServingModel,
+) -> None:
+    memo = AnswerMemo(max_entries=2)
+    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=memo)
+    first = ask(model, cache, support=SUPPORT, k=5, exclude=["a1"])
+    broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, RuntimeError("no")))
+    again = ask(broken, cache, support=list(reversed(SUPPORT)), k=5, exclude=["a1"])
+    assert (first.cached, again.cached) == (False, True)
+    assert again.items == first.items and len(memo) == 1
+    with pytest.raises(ModelFaultError):  # another k is another answer: scored again
+        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+    with pytest.raises(ModelFaultError):  # and a fault is never remembered
+        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+    other = dataclasses.replace(model, version="v2")
+    assert ask(other, cache, support=SUPPORT, k=5, exclude=["a1"]).cached is False
+
+
+def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
+    model: ServingModel,
+) -> None:
+    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=AnswerMemo(max_entries=8))
+    log = RecordingLog()
+    recommender = Recommender(cache=cache, metrics=Metrics(), request_log=log, max_support=100)
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
+
+    async def twice() -> tuple[Recommendation, Recommendation]:
+        first = await recommender.recommend_async(model=model, request=request, request_id="r1")
+        again = await recommender.recommend_async(model=model, request=request, request_id="r2")
+        return first, again
+
+    try:
+        first, again = asyncio.run(twice())
+    finally:
+        recommender.close()
+    assert (first.cached, again.cached) == (False, True) and again.items == first.items
+    assert (recommender.batcher.batches, recommender.batcher.items) == (1, 1)
+    assert [entry.request_id for entry in log.entries] == ["r1", "r2"]
+    with pytest.raises(UnknownItemsError):  # refusals still come from the batch path
+        bad = RecommendRequest.model_validate({"support": [{"item_id": "zz", "rating": 1}]})
+        recommender.recommend(model=model, request=bad, request_id="r3")

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from tanp.model import TaNP, TaNPConfig
-from tanp.scoring import Scorer, pack_state, popularity_ranking, rank, unpack_state
+from tanp.scoring import (
+    Scorer,
+    pack_state,
+    popularity_ranking,
+    rank,
+    split_states,
+    stack_states,
+    unpack_state,
+)
 
 
 @pytest.fixture
@@ -93,4 +101,42 @@ def test_state_carries_the_support_and_candidates_score_as_the_catalog() -> None
     candidates = torch.tensor([[5, 1, 9]])
     torch.testing.assert_close(
         scorer.scores(state, candidates=candidates), scorer.scores(state)[:, [5, 1, 9]]
+    )
+
+
+def test_top_k_of_rank_equals_the_full_stable_sort_ties_and_exclusions_included() -> None:
+    generator = np.random.default_rng(0)
+    for trial in range(400):
+        size = int(generator.integers(1, 400))
+        if trial % 2:  # few distinct values: many ties at the cut
+            scores = generator.integers(0, 4, size).astype(np.float32)
+        else:
+            scores = generator.normal(size=size).astype(np.float32)
+        scores[generator.integers(0, size)] = -np.inf
+        k = int(generator.integers(1, size + 2))
+        exclude = generator.choice(size, int(generator.integers(0, size)), replace=False)
+        full = np.argsort(-scores.astype(np.float64), kind="stable")
+        expected = full[~np.isin(full, exclude)][:k]
+        np.testing.assert_array_equal(rank(scores, k=k, exclude=exclude), expected)
+
+
+def test_batched_encode_and_stacked_states_score_as_one_at_a_time() -> None:
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=25, neighbours=4, film_gamma_offset=1.0))
+    neighbours = torch.stack([torch.randperm(25)[:4] for _ in range(25)])
+    model.affinity.set_neighbours(neighbours, torch.rand(25, 4))
+    scorer = Scorer(model)  # with the neighbour affinity, which reads the padded supports
+    supports = [([1, 4, 9], [1.0, 0.0, 1.0]), ([2], [1.0]), ([5, 6, 7, 8, 11], [0.0] * 5)]
+    batch = scorer.encode_many(supports)
+    assert batch.support_items.shape == (3, 5)
+    singles = [scorer.encode_one(items, labels) for items, labels in supports]
+    for state, single in zip(split_states(batch), singles, strict=True):
+        torch.testing.assert_close(state.prior.mu, single.prior.mu)
+        torch.testing.assert_close(state.task, single.task)
+        torch.testing.assert_close(
+            scorer.scores(unpack_state(pack_state(state))), scorer.scores(single)
+        )
+    stacked = stack_states([unpack_state(pack_state(single)) for single in singles])
+    torch.testing.assert_close(
+        scorer.scores(stacked), torch.cat([scorer.scores(single) for single in singles])
     )

@@ -1,22 +1,24 @@
 """`POST /v1/recommend` (and its alias `POST /recommend`): maps HTTP to `Recommender.recommend`.
 
-A plain `def` route: torch blocks, so FastAPI runs it in the thread pool. The request uses the
-one `ServingModel` its dependency read, even if a reload swaps the holder meanwhile.
+An `async def` route: the model work runs on the recommender's micro-batch thread, never on the
+event loop, and the answer is written as `RecommendResponse`'s JSON directly (no second model
+build and validation, no thread hop for it). The request uses the one `ServingModel` its
+dependency read, even if a reload swaps the holder meanwhile.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 
 from app.api.deps import RecommenderDep, RequestIdDep, ServingModelDep
 from app.schemas import (
     RECOMMEND_REQUEST_EXAMPLE,
     RECOMMEND_RESPONSE_EXAMPLE,
-    RecommendedItem,
     RecommendRequest,
     RecommendResponse,
+    recommend_response_json,
 )
 
 router = APIRouter(tags=["recommend"])
@@ -42,33 +44,21 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def recommend(
+async def recommend(
     body: RecommendBody,
     model: ServingModelDep,
     recommender: RecommenderDep,
     request_id: RequestIdDep,
-) -> RecommendResponse:
+) -> Response:
     """Top-k items for a new user's support set; support and `exclude` items never appear.
 
     Empty support: the popularity ranking, flagged `"fallback": "popularity"`, with scores
     = train positive count / the largest count. `uncertainty_samples` = S > 0: each returned
     item's score std over S draws of z, seeded by the support set so answers repeat.
     """
-    answer = recommender.recommend(model=model, request=body, request_id=request_id)
-    return RecommendResponse(
-        items=[
-            RecommendedItem(
-                item_id=item.item_id,
-                name=item.name,
-                score=item.score,
-                uncertainty=item.uncertainty,
-            )
-            for item in answer.items
-        ],
-        model_version=answer.model_version,
-        cached=answer.cached,
-        fallback=answer.fallback,
-        request_id=request_id,
+    answer = await recommender.recommend_async(model=model, request=body, request_id=request_id)
+    return Response(
+        recommend_response_json(answer, request_id=request_id), media_type="application/json"
     )
 
 
