@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
+from harness import wait_ready
 
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.model import TaNP, TaNPConfig
@@ -375,20 +375,6 @@ def start_server(
         str(workers),
     ]
     return subprocess.Popen(command, env=environment)
-
-
-def wait_ready(base: str, server: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"server exited with {server.returncode}")
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("server not ready in time")
 
 
 def table(results: list[Result]) -> str:

@@ -396,15 +396,13 @@ def train_step(
         noise=batch.noise,
         affinity_keep=batch.affinity_keep,
     )
-    span = max(config.label_max - config.label_min, 1e-8)
-    scaled = (
-        (batch.target_labels - config.label_min) / span
-        if train.pointwise_loss == "bce"
-        else batch.target_labels
-    )
+    targets = batch.target_labels
+    if train.pointwise_loss == "bce":  # labels scaled to [0, 1]
+        span = max(config.label_max - config.label_min, 1e-8)
+        targets = ((targets - config.label_min) / span).clamp(0, 1)
     parts = tanp_loss(
         output,
-        target_labels=scaled.clamp(0, 1) if train.pointwise_loss == "bce" else scaled,
+        target_labels=targets,
         target_mask=batch.target_mask,
         positive=batch.positive,
         candidates=batch.candidates,
