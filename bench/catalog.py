@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from tanp.checkpoint import build_model
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from tanp.scoring import Scorer, pack_state, rank
 from training.compare import per_user_headline
 from training.data import load_interactions
@@ -70,8 +71,8 @@ def random_model(items: int, *, neighbours: int = 50, features: int = 34) -> TaN
     torch.manual_seed(0)
     config = TaNPConfig(
         num_items=items, item_id_input=False, item_feature_dim=features, neighbours=neighbours,
-        enc_h1_dim=64, enc_h2_dim=64, z1_dim=64, z2_dim=64, taskenc_h1_dim=64, taskenc_h2_dim=64,
-        taskenc_final_dim=32, dec_h1_dim=64, dec_h2_dim=64, dec_h3_dim=32,
+        enc_h1_dim=64, enc_h2_dim=64, latent_encoder_dim=64, latent_hidden_dim=64,
+        taskenc_h1_dim=64, taskenc_h2_dim=64, taskenc_final_dim=32, dec_h1_dim=64, dec_h2_dim=64, dec_h3_dim=32,
         film_gamma_offset=1.0, taste_head=True,
     )  # fmt: skip
     model = TaNP(config).eval()

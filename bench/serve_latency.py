@@ -48,7 +48,8 @@ import loadgen
 from harness import wait_ready
 
 from tanp.checkpoint import build_model, save_checkpoint
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from tanp.scoring import Scorer, pack_state, rank, unpack_state
 
 LASTFM_ITEMS = 3846

@@ -1,125 +1,37 @@
 """TaNP (Task-adaptive Neural Process, Lin et al., WWW 2021) as one batched torch module.
 
-Role-named parts: item inputs (fixed item features, optional id/user embeddings), latent encoder
-h_theta (-> z), task encoder, memory unit (global pool of cluster centres), FiLM-modulated
-decoder with a taste head (z against the item's features) and the neighbour affinity
-(tanp.affinity) as decoder inputs. Episodes arrive padded: every tensor has a batch axis B and a
-point axis with a boolean mask. The model is pure: no losses, no optimiser. Knows nothing about
-files, data formats or the service.
+Role-named parts: item inputs, latent encoder (-> z), task encoder, memory unit, the FiLM decoder
+(tanp.decoder) and the neighbour affinity (tanp.affinity). Episodes arrive padded: a batch axis B
+and a point axis with a boolean mask. Pure: no losses, no optimiser, no files.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from tanp.affinity import FEATURES as AFFINITY_FEATURES
 from tanp.affinity import NeighbourAffinity
+from tanp.config import TaNPConfig
+from tanp.decoder import ModulatedDecoder
 
-DecoderKind = Literal["film", "gating_film", "none"]
-UserInput = Literal["none", "unknown"]
-Aggregator = Literal["mean", "attention"]
-
-
-@dataclass(frozen=True)
-class TaNPConfig:
-    """Architecture of one TaNP; stored verbatim in every checkpoint manifest.
-
-    Defaults are the reference notebook's hyper-parameters (the `reference` preset).
-    `item_feature_dim` > 0: fixed item features (the `item_features` buffer, computed offline
-    from train users only: item factors, content factors, popularity) are every point's input.
-    `item_id_input`: a learned per-item id embedding as well (the reference's only input).
-    `user_input="unknown"` keeps a user table whose last row is a shared unknown-user embedding.
-    `film_gamma_offset` = 1 centres FiLM's scale at identity (gamma = 1 + tanh(W t)); the
-    reference's 0 scales every hidden unit by ~tanh(0) at initialisation.
-    `neighbours` = K > 0 stores each item's K most similar items and feeds the decoder their
-    affinity to the support set (tanp.affinity); `affinity_dropout` hides it from a training
-    episode with that probability, so z and the task path must learn the user's taste too.
-    `taste_head`: the score gains (W z) . x_i, z read against the target's own features.
-    `affinity_skip`: the score also gains a linear term in the affinity features, so the
-    item-kNN ranking itself is one weight away.
-    """
-
-    num_items: int
-    num_users: int = 0
-    user_input: UserInput = "none"
-    item_id_input: bool = True
-    item_feature_dim: int = 0
-    first_embedding_dim: int = 32
-    second_embedding_dim: int = 16
-    z1_dim: int = 32
-    z2_dim: int = 32
-    z_dim: int = 32
-    enc_h1_dim: int = 64
-    enc_h2_dim: int = 64
-    taskenc_h1_dim: int = 128
-    taskenc_h2_dim: int = 64
-    taskenc_final_dim: int = 64
-    clusters_k: int = 7
-    temperature: float = 1.0
-    dec_h1_dim: int = 128
-    dec_h2_dim: int = 128
-    dec_h3_dim: int = 128
-    dropout_rate: float = 0.0
-    decoder: DecoderKind = "film"
-    aggregator: Aggregator = "mean"
-    film_gamma_offset: float = 0.0
-    embedding_init_std: float = 0.0
-    logvar_init: float = 0.0
-    neighbours: int = 0
-    affinity_scale: float = 1.0
-    affinity_dropout: float = 0.0
-    taste_head: bool = False
-    affinity_skip: bool = False
-    label_min: float = 0.0
-    label_max: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.num_items < 1:
-            raise ValueError("num_items must be positive")
-        for name in ("num_users", "item_feature_dim", "neighbours", "clusters_k", "z_dim"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.user_input == "unknown" and self.num_users < 1:
-            raise ValueError("user_input='unknown' needs num_users >= 1")
-        if self.decoder not in ("film", "gating_film", "none"):
-            raise ValueError(f"unknown decoder {self.decoder!r}")
-        if self.aggregator not in ("mean", "attention"):
-            raise ValueError(f"unknown aggregator {self.aggregator!r}")
-        if self.x_dim < 1:
-            raise ValueError("a point needs an input: item_id_input, item_feature_dim or users")
-        if not 0.0 <= self.affinity_dropout < 1.0:
-            raise ValueError("affinity_dropout must be within [0, 1)")
-
-    @property
-    def x_dim(self) -> int:
-        """Width of one point's input x: item embedding + user embedding + item features."""
-        user = self.second_embedding_dim if self.user_input == "unknown" else 0
-        item = self.second_embedding_dim if self.item_id_input else 0
-        return item + user + self.item_feature_dim
-
-    @property
-    def unknown_user(self) -> int:
-        """Row of the user table shared by every user not seen in training."""
-        return self.num_users
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TaNPConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown model_config fields: {', '.join(unknown)}")
-        return cls(**values)
+__all__ = [
+    "Gaussian",
+    "IdEmbedding",
+    "LatentHead",
+    "MemoryUnit",
+    "PointEncoder",
+    "TaNP",
+    "TaNPConfig",
+    "TaNPOutput",
+    "TaskState",
+    "masked_mean",
+    "reparameterise",
+]
 
 
 class Gaussian(NamedTuple):
@@ -180,18 +92,13 @@ class IdEmbedding(nn.Module):
     (its bias is folded into the table), at a fraction of the cost.
     """
 
-    def __init__(
-        self, count: int, *, first_dim: int, second_dim: int, init_std: float = 0.0
-    ) -> None:
+    def __init__(self, count: int, *, first_dim: int, second_dim: int) -> None:
         super().__init__()
         self.first = nn.Embedding(count, first_dim)
         self.second = nn.Linear(first_dim, second_dim)
-        if init_std > 0:
-            nn.init.normal_(self.first.weight, std=init_std)
-        else:
-            # the one-hot Linear's default init: weight and bias each U(+-1/sqrt(count))
-            bound = 1.0 / math.sqrt(count)
-            nn.init.uniform_(self.first.weight, -2 * bound, 2 * bound)
+        # the one-hot Linear's default init: weight and bias each U(+-1/sqrt(count))
+        bound = 1.0 / math.sqrt(count)
+        nn.init.uniform_(self.first.weight, -2 * bound, 2 * bound)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids (...,) long -> (..., second_dim)."""
@@ -234,16 +141,11 @@ class PointEncoder(nn.Module):
 class LatentHead(nn.Module):
     """h -> (mu, log-variance) of z, as the reference's MuSigmaEncoder."""
 
-    def __init__(
-        self, in_dim: int, *, hidden_dim: int, z_dim: int, logvar_init: float = 0.0
-    ) -> None:
+    def __init__(self, in_dim: int, *, hidden_dim: int, z_dim: int) -> None:
         super().__init__()
         self.hidden = nn.Linear(in_dim, hidden_dim)
         self.mu = nn.Linear(hidden_dim, z_dim)
         self.logvar = nn.Linear(hidden_dim, z_dim)
-        if logvar_init:
-            # start with a narrow q(z) so early samples of z carry signal, not noise
-            nn.init.constant_(self.logvar.bias, logvar_init)
 
     def forward(self, aggregated: Tensor) -> Gaussian:
         hidden = torch.relu(self.hidden(aggregated))
@@ -270,88 +172,6 @@ class MemoryUnit(nn.Module):
         return assignment, task + assignment @ self.centres
 
 
-class ModulatedDecoder(nn.Module):
-    """Three hidden layers over [x, z, affinity], each modulated by the task embedding, then one
-    output, plus the taste head (W z) . x when configured.
-
-    film: h = h * (offset + tanh(W_g t)) + tanh(W_b t); gating_film mixes gamma/beta with a
-    sigmoid gate and a third transform as in the reference's Gating_Decoder; none: no modulation.
-    """
-
-    def __init__(self, config: TaNPConfig) -> None:
-        super().__init__()
-        widths = [config.dec_h1_dim, config.dec_h2_dim, config.dec_h3_dim]
-        self.kind = config.decoder
-        self.gamma_offset = config.film_gamma_offset
-        self.input_x = nn.Linear(config.x_dim, widths[0])
-        self.input_z = nn.Linear(config.z_dim, widths[0], bias=False)
-        # cosine similarities are small (~0.01-0.1); the scale brings them to the range of
-        # the other inputs so the first layer uses them from the start
-        self.affinity_scale = config.affinity_scale
-        self.input_affinity = (
-            nn.Linear(AFFINITY_FEATURES, widths[0], bias=False) if config.neighbours else None
-        )
-        self.hidden = nn.ModuleList(
-            [nn.Linear(width_in, width_out) for width_in, width_out in itertools.pairwise(widths)]
-        )
-        transforms = {"film": 2, "gating_film": 4, "none": 0}[config.decoder]
-        self.modulation = nn.ModuleList(
-            [
-                nn.Linear(config.taskenc_final_dim, width * transforms, bias=False)
-                for width in widths
-            ]
-            if transforms
-            else []
-        )
-        self.dropout = nn.Dropout(config.dropout_rate)
-        self.output = nn.Linear(widths[-1], 1)
-        self.taste = (
-            nn.Linear(config.z_dim, config.x_dim, bias=False) if config.taste_head else None
-        )
-        self.affinity_skip = (
-            nn.Linear(AFFINITY_FEATURES, 1, bias=False)
-            if config.affinity_skip and config.neighbours
-            else None
-        )
-
-    def item_part(self, x: Tensor) -> Tensor:
-        """The item side of the first layer, W_x x + b: (..., X) -> (..., H1). Precomputable."""
-        return self.input_x(x)
-
-    def forward(
-        self, *, x: Tensor, first: Tensor, z: Tensor, task: Tensor, affinity: Tensor | None
-    ) -> Tensor:
-        """Targets x (B, N, X) with first = item_part(x), z (B, Z) or (S, B, Z), task (B, T),
-        affinity (B, N, 3) or None. Returns scores (B, N), or (S, B, N) for S draws of z."""
-        hidden = first + self.input_z(z).unsqueeze(-2)
-        if self.input_affinity is not None and affinity is not None:
-            hidden = hidden + self.input_affinity(affinity * self.affinity_scale)
-        layers: list[nn.Module] = [nn.Identity(), *self.hidden]
-        for index, layer in enumerate(layers):
-            if index > 0:
-                hidden = layer(hidden)
-            if self.modulation:
-                hidden = self._modulate(hidden, self.modulation[index](task))
-            hidden = F.relu(self.dropout(hidden))
-        scores = self.output(hidden).squeeze(-1)
-        if self.affinity_skip is not None and affinity is not None:
-            scores = scores + self.affinity_skip(affinity * self.affinity_scale).squeeze(-1)
-        if self.taste is not None:
-            # (..., B, 1, X) against (B, N, X): the taste head, one dot product per target
-            scores = scores + (self.taste(z).unsqueeze(-2) * x).sum(-1)
-        return scores
-
-    def _modulate(self, hidden: Tensor, transforms: Tensor) -> Tensor:
-        # transforms (B, width * m) broadcast over the point axis of hidden (..., B, N, width)
-        parts = transforms.unsqueeze(-2).chunk(2 if self.kind == "film" else 4, dim=-1)
-        gamma, beta = torch.tanh(parts[0]), torch.tanh(parts[1])
-        if self.kind == "gating_film":
-            eta, gate = torch.tanh(parts[2]), torch.sigmoid(parts[3])
-            gamma = gamma * gate + eta * (1 - gate)
-            beta = beta * gate + eta * (1 - gate)
-        return torch.addcmul(beta, hidden, gamma + self.gamma_offset)
-
-
 class TaNP(nn.Module):
     """Support set -> (z, task identity) -> modulated decoder scores for any items.
 
@@ -371,7 +191,6 @@ class TaNP(nn.Module):
                 config.num_items,
                 first_dim=config.first_embedding_dim,
                 second_dim=config.second_embedding_dim,
-                init_std=config.embedding_init_std,
             )
             if config.item_id_input
             else None
@@ -388,15 +207,12 @@ class TaNP(nn.Module):
         self.latent_encoder = PointEncoder(
             x_dim=config.x_dim,
             hidden=[config.enc_h1_dim, config.enc_h2_dim],
-            out_dim=config.z1_dim,
+            out_dim=config.latent_encoder_dim,
             dropout=config.dropout_rate,
             aggregator=config.aggregator,
         )
         self.latent_head = LatentHead(
-            config.z1_dim,
-            hidden_dim=config.z2_dim,
-            z_dim=config.z_dim,
-            logvar_init=config.logvar_init,
+            config.latent_encoder_dim, hidden_dim=config.latent_hidden_dim, z_dim=config.z_dim
         )
         self.task_encoder = PointEncoder(
             x_dim=config.x_dim,
@@ -465,12 +281,13 @@ class TaNP(nn.Module):
         z: Tensor,
         state: TaskState,
         affinity: Tensor | None,
-        first: Tensor | None = None,
+        item_part: Tensor | None = None,
     ) -> Tensor:
-        """Targets x (B, N, X) (or (1, N, X) shared), z (B, Z) or (S, B, Z) -> scores."""
+        """Targets x (B, N, X) (or (1, N, X) shared), z (B, Z) or (S, B, Z) -> scores;
+        `item_part`: the decoder's first-layer item part of x when precomputed (Scorer)."""
         return self.decoder(
             x=x,
-            first=self.decoder.item_part(x) if first is None else first,
+            item_part=self.decoder.item_part(x) if item_part is None else item_part,
             z=z,
             task=state.task,
             affinity=affinity,

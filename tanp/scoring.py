@@ -35,7 +35,7 @@ class Scorer:
         with torch.inference_mode():
             all_items = torch.arange(self.config.num_items, device=self.device).unsqueeze(0)
             self.item_x = model.point_inputs(all_items)[0]  # (N, X)
-            self.item_first = model.decoder.item_part(self.item_x)  # (N, H1)
+            self.item_part = model.decoder.item_part(self.item_x)  # (N, H1)
             popularity = model.item_popularity.to(torch.float64)
             self.popular = torch.argsort(-popularity, stable=True)  # (N,) most popular first
 
@@ -119,12 +119,12 @@ class Scorer:
 
     def _decode(self, state: TaskState, z: Tensor, candidates: Tensor | None) -> Tensor:
         if candidates is None:
-            x, first = self.item_x.unsqueeze(0), self.item_first.unsqueeze(0)  # (1, N, .)
+            x, item_part = self.item_x.unsqueeze(0), self.item_part.unsqueeze(0)  # (1, N, .)
         else:
             candidates = candidates.to(self.device)
-            x, first = self.item_x[candidates], self.item_first[candidates]  # (B, C, .)
+            x, item_part = self.item_x[candidates], self.item_part[candidates]  # (B, C, .)
         affinity = self.model.target_affinity(state, candidates)
-        return self.model.decode(x=x, first=first, z=z, state=state, affinity=affinity)
+        return self.model.decode(x=x, item_part=item_part, z=z, state=state, affinity=affinity)
 
 
 def rank(

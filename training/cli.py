@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tanp.checkpoint import CheckpointError, resolve_device
-from tanp.model import TaNPConfig
+from tanp.config import TaNPConfig
 from training.config import DEFAULT_PRESET, PRESETS, TrainConfig, preset_configs
 from training.data import DataError, DataFormat, load_interactions
 from training.episodes import Prepared, load_prepared, prepare, save_prepared

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tanp.model import TaNPConfig
+from tanp.config import TaNPConfig
 
 PointwiseLoss = Literal["mse", "bce"]
 EpisodeSource = Literal["authors", "all_train_users"]
@@ -93,8 +93,8 @@ PAPER_MODEL: dict[str, Any] = {
     "item_id_input": False,
     "enc_h1_dim": 64,
     "enc_h2_dim": 64,
-    "z1_dim": 64,
-    "z2_dim": 64,
+    "latent_encoder_dim": 64,
+    "latent_hidden_dim": 64,
     "z_dim": 32,
     "taskenc_h1_dim": 64,
     "taskenc_h2_dim": 64,

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from tanp.checkpoint import build_model, save_checkpoint
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from training.baselines import Baselines, TunedBaseline
 from training.compare import HEADLINE, paired_difference, per_user_headline
 from training.config import TrainConfig

@@ -28,7 +28,8 @@ import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from tanp.scoring import Scorer
 from training.baselines import selection_score
 from training.compare import per_user_headline

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from tanp.model import IdEmbedding, MemoryUnit, TaNP, TaNPConfig, TaNPOutput
+from tanp.config import TaNPConfig
+from tanp.model import IdEmbedding, MemoryUnit, TaNP, TaNPOutput
 
 
 def _batch(num_items: int = 30, batch: int = 3, width: int = 8) -> dict[str, torch.Tensor]:
@@ -103,15 +104,6 @@ def test_memory_unit_assignment_is_a_distribution_over_clusters() -> None:
     # the closest centre gets the largest weight
     centre_task = memory.centres.detach()[2:3]
     assert memory(centre_task)[0].argmax().item() == 2
-
-
-def test_config_round_trip_and_validation() -> None:
-    config = TaNPConfig(num_items=10, decoder="gating_film", film_gamma_offset=1.0)
-    assert TaNPConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown model_config fields"):
-        TaNPConfig.from_dict({**config.to_dict(), "bogus": 1})
-    with pytest.raises(ValueError, match="decoder"):
-        TaNPConfig(num_items=10, decoder="mlp")  # type: ignore[arg-type]
 
 
 def test_model_without_item_ids_describes_items_by_their_features() -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from tanp.scoring import (
     Scorer,
     pack_state,

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from tests.synthetic import SHARED_DATA
 from training.data import load_interactions, load_ratings_final
 from training.episodes import (
