@@ -148,6 +148,7 @@ def save_checkpoint(
 ) -> dict[str, Any]:
     """Write weights and manifest into run_dir; returns the manifest.
 
+    `version` is written for readers of the manifest (SPEC section 5); loading never reads it.
     `item_names` and `item_urls` (one web page per item, "" where unknown) are optional and in
     the order of `items`; an absent list is stored as null.
     """
@@ -207,7 +208,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
             f"{path}: format_version {version!r} is not supported "
             f"(this code reads {FORMAT_VERSION})"
         )
-    for key in ("version", "model_config", "items", "weights_sha256", "probe"):
+    for key in ("model_config", "items", "weights_sha256", "probe"):
         if key not in manifest:
             raise CheckpointError(f"{path}: manifest lacks {key!r}")
     return manifest
@@ -220,17 +221,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def build_model(
-    run_dir: Path | str, device: str | torch.device = "cpu", *, check: bool = True
-) -> LoadedModel:
+def build_model(run_dir: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load and verify a run directory; every refusal is a CheckpointError naming the file.
 
     Checked, in order: the manifest's format and fields (item ids unique, texts valid UTF-8,
     one name and URL per item, the probe's indices inside the catalog); the weights' sha256;
     that model_config builds a model (on the meta device, so no memory is spent on a bad one)
     whose tensors have exactly the file's names and shapes; every floating tensor finite and
-    every integer tensor named `*_index` within [0, num_items); then, with `check`, the probe:
-    finite scores that match the manifest's within PROBE_TOLERANCE.
+    every integer tensor named `*_index` within [0, num_items); then the probe: finite scores
+    that match the manifest's within PROBE_TOLERANCE.
     """
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
@@ -243,7 +242,7 @@ def build_model(
             raise ValueError("items holds duplicate ids")
         names = _optional_texts(manifest.get("item_names"), what="item_names", count=len(items))
         urls = _optional_texts(manifest.get("item_urls"), what="item_urls", count=len(items))
-        probe = read_probe(manifest["probe"], num_items=config.num_items) if check else None
+        probe = read_probe(manifest["probe"], num_items=config.num_items)
     except ValueError as error:
         raise CheckpointError(f"{where}: {error}") from error
     if not weights_path.is_file():
@@ -286,7 +285,7 @@ def build_model(
     model.to(resolve_device(device))
     try:
         scorer = Scorer(model)
-        difference = check_probe(scorer, probe) if probe is not None else 0.0
+        difference = check_probe(scorer, probe)
     except (RuntimeError, IndexError, ValueError) as error:
         raise CheckpointError(f"{run_dir}: the model fails its probe: {error}") from error
     if not math.isfinite(difference) or difference > PROBE_TOLERANCE:

@@ -17,7 +17,8 @@ from tanp.checkpoint import (
     save_checkpoint,
     sha256_file,
 )
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.model import TaNP
 from training.data import load_interactions
 from training.episodes import random_split
 from training.evaluate import tanp_scores
@@ -282,6 +283,41 @@ def test_a_model_whose_probe_scores_are_not_finite_is_refused(small_run: Path) -
     _edit_weights(small_run, "decoder.output.bias", _set_at(0, 3e38))
     _edit_weights(small_run, "decoder.output.weight", lambda tensor: tensor.fill_(3e38))
     with pytest.raises(CheckpointError, match="not finite"):
+        build_model(small_run)
+
+
+def _as_written_before_issue_23(run: Path, **retired: object) -> None:
+    """Rewrite run's model_config as code before issue 23 wrote it: the latent widths under
+    their old names and the three retired options at their old defaults (or at `retired`)."""
+    manifest = json.loads((run / "manifest.json").read_text())
+    config = manifest["model_config"]
+    config["z1_dim"] = config.pop("latent_encoder_dim")
+    config["z2_dim"] = config.pop("latent_hidden_dim")
+    config.update({"affinity_skip": False, "embedding_init_std": 0.0, "logvar_init": 0.0})
+    config.update(retired)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_run_written_before_the_config_renames_loads_as_it_was(small_run: Path) -> None:
+    before = build_model(small_run)
+    _as_written_before_issue_23(small_run)
+    manifest = json.loads((small_run / "manifest.json").read_text())
+    del manifest["version"]  # written for readers, never read: not required either
+    (small_run / "manifest.json").write_text(json.dumps(manifest))
+    after = build_model(small_run)
+    assert after.model.config == before.model.config
+    support = ([0, 1, 2], [1.0, 0.0, 1.0])
+    torch.testing.assert_close(
+        after.scorer.scores(after.scorer.encode_one(*support)),
+        before.scorer.scores(before.scorer.encode_one(*support)),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_a_run_that_set_a_retired_option_is_refused(small_run: Path) -> None:
+    _as_written_before_issue_23(small_run, affinity_skip=True)
+    with pytest.raises(CheckpointError, match=r"affinity_skip.*no longer has"):
         build_model(small_run)
 
 
