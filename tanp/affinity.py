@@ -31,6 +31,13 @@ def support_weights(
     return weights, weights.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+def sorted_neighbours(index: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, K) neighbour lists with each row sorted by item index, as `targets` searches them
+    (ties keep their order)."""
+    order = index.argsort(dim=1, stable=True)
+    return index.gather(1, order), weight.gather(1, order)
+
+
 class NeighbourAffinity(nn.Module):
     """Support set (B, L) -> (B, W, 3) affinity features of target items."""
 
@@ -53,10 +60,10 @@ class NeighbourAffinity(nn.Module):
         return int(self.neighbour_index.shape[1])
 
     def set_neighbours(self, index: Tensor, weight: Tensor) -> None:
-        """Store (N, K) neighbour lists; each row is sorted by item index here."""
-        order = index.argsort(dim=1, stable=True)
-        self.neighbour_index = index.gather(1, order).to(self.neighbour_index.device)
-        self.neighbour_weight = weight.gather(1, order).to(self.neighbour_weight.device)
+        """Store (N, K) neighbour lists, each row sorted here (`sorted_neighbours`)."""
+        index, weight = sorted_neighbours(index, weight)
+        self.neighbour_index = index.to(self.neighbour_index.device)
+        self.neighbour_weight = weight.to(self.neighbour_weight.device)
 
     def _weights(self, labels: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         return support_weights(labels, mask, label_min=self.label_min, label_max=self.label_max)

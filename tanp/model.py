@@ -56,6 +56,17 @@ class TaskState(NamedTuple):
     support_labels: Tensor
     support_mask: Tensor
 
+    def rows(self, rows: slice) -> TaskState:
+        """The tasks `rows` of this batch of tasks (views; the support padding kept)."""
+        return TaskState(
+            Gaussian(self.prior.mu[rows], self.prior.logvar[rows]),
+            self.task[rows],
+            self.assignment[rows],
+            self.support_items[rows],
+            self.support_labels[rows],
+            self.support_mask[rows],
+        )
+
 
 class TaNPOutput(NamedTuple):
     """One result type for every mode.

@@ -158,15 +158,8 @@ def rank(
 
 
 def split_states(state: TaskState) -> list[TaskState]:
-    """A TaskState of B tasks -> B states of one task each (views, padding kept)."""
-    batch = state.task.shape[0]
-    return [
-        TaskState(
-            Gaussian(state.prior.mu[row : row + 1], state.prior.logvar[row : row + 1]),
-            *(tensor[row : row + 1] for tensor in state[1:]),
-        )
-        for row in range(batch)
-    ]
+    """A TaskState of B tasks -> B states of one task each (`TaskState.rows`)."""
+    return [state.rows(slice(row, row + 1)) for row in range(state.task.shape[0])]
 
 
 def stack_states(states: Sequence[TaskState]) -> TaskState:

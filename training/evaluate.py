@@ -39,19 +39,6 @@ def support_state(
     return state if edit is None else edited_task(state, edit)
 
 
-def state_rows(state: TaskState, rows: slice) -> TaskState:
-    """The tasks `rows` of a batched TaskState."""
-    prior = Gaussian(state.prior.mu[rows], state.prior.logvar[rows])
-    return TaskState(
-        prior,
-        state.task[rows],
-        state.assignment[rows],
-        state.support_items[rows],
-        state.support_labels[rows],
-        state.support_mask[rows],
-    )
-
-
 def edited_task(state: TaskState, edit: TaskEdit) -> TaskState:
     """The adaptation ablations of SPEC section 4: every user's z (q(z | support)) and task
     state (task vector, cluster assignment) replaced by the mean over the users (`mean_task`)
@@ -96,9 +83,7 @@ def tanp_scores(
     for start in range(0, len(episodes), batch):
         rows = slice(start, start + batch)
         parts.append(
-            _score(
-                scorer, state_rows(state, rows), candidates=None, samples=samples, seed=seed + start
-            )
+            _score(scorer, state.rows(rows), candidates=None, samples=samples, seed=seed + start)
         )
     return np.concatenate(parts) if parts else np.zeros((0, model.config.num_items), np.float32)
 

@@ -28,6 +28,7 @@ import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from tanp.affinity import sorted_neighbours
 from tanp.config import TaNPConfig
 from tanp.model import TaNP
 from tanp.scoring import Scorer
@@ -35,7 +36,7 @@ from training.baselines import selection_score
 from training.compare import per_user_headline
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared, all_user_episodes
-from training.evaluate import state_rows, support_state, tanp_scores
+from training.evaluate import support_state, tanp_scores
 from training.item_stats import ItemTables, TableSpec, item_tables
 from training.losses import tanp_loss
 
@@ -93,13 +94,14 @@ class TableTensors:
 
     @classmethod
     def of(cls, tables: ItemTables, device: torch.device | str = "cpu") -> TableTensors:
-        index = torch.from_numpy(tables.neighbour_index)
-        order = index.argsort(dim=1, stable=True)
+        index, weight = sorted_neighbours(
+            torch.from_numpy(tables.neighbour_index), torch.from_numpy(tables.neighbour_weight)
+        )
         return cls(
             popularity=torch.from_numpy(tables.popularity).to(device),
             features=torch.from_numpy(tables.features).to(device),
-            neighbour_index=index.gather(1, order).to(device),
-            neighbour_weight=torch.from_numpy(tables.neighbour_weight).gather(1, order).to(device),
+            neighbour_index=index.to(device),
+            neighbour_weight=weight.to(device),
         )
 
     def to(self, device: torch.device | str) -> TableTensors:
@@ -465,7 +467,7 @@ def candidate_scores(model: TaNP, episodes: EpisodeSet, *, count: int) -> np.nda
         state = support_state(scorer, episodes, rows)
         chosen = []
         for offset, episode in enumerate(range(rows.start, rows.stop)):
-            one = state_rows(state, slice(offset, offset + 1))
+            one = state.rows(slice(offset, offset + 1))
             candidates = scorer.candidates(one, count=count)[0].cpu()
             query = torch.from_numpy(episodes.query(episode)[0])
             chosen.append(torch.cat([candidates, query]).unique())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from tanp.affinity import NeighbourAffinity
+from tanp.affinity import NeighbourAffinity, sorted_neighbours
 
 
 def affinity_module(
@@ -60,3 +60,11 @@ def test_no_neighbours_or_empty_support_gives_zeros() -> None:
     assert module.targets(
         items=empty, labels=empty.float(), mask=empty.bool(), targets=torch.tensor([[1, 2]])
     ).shape == (1, 2, 3)
+
+
+def test_sorted_neighbours_sorts_each_row_by_item_and_keeps_its_weights() -> None:
+    index = torch.tensor([[4, 1, 3], [0, 2, 0]])
+    weight = torch.tensor([[0.4, 0.1, 0.3], [0.5, 0.2, 0.0]])
+    rows, weights = sorted_neighbours(index, weight)
+    torch.testing.assert_close(rows, torch.tensor([[1, 3, 4], [0, 0, 2]]))
+    torch.testing.assert_close(weights, torch.tensor([[0.1, 0.3, 0.4], [0.5, 0.0, 0.2]]))

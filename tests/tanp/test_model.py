@@ -7,7 +7,7 @@ import torch
 from torch.nn import functional as F
 
 from tanp.config import TaNPConfig
-from tanp.model import IdEmbedding, MemoryUnit, TaNP, TaNPOutput
+from tanp.model import IdEmbedding, MemoryUnit, TaNP, TaNPOutput, TaskState
 
 
 def _batch(num_items: int = 30, batch: int = 3, width: int = 8) -> dict[str, torch.Tensor]:
@@ -149,3 +149,17 @@ def test_affinity_dropout_hides_the_affinity_from_whole_training_episodes() -> N
     trained = model.train()(**inputs).prediction
     same = torch.isclose(trained, evaluated).all(dim=1)
     assert 0 < int(same.sum()) < 64  # about half the episodes keep their affinity
+
+
+def test_task_state_rows_are_the_rows_of_every_part() -> None:
+    model = TaNP(TaNPConfig(num_items=30)).eval()
+    data = _batch(batch=4)
+    mask = torch.ones_like(data["labels"], dtype=torch.bool)
+    x = model.point_inputs(data["items"])
+    state = model.encode(x=x, labels=data["labels"], mask=mask, items=data["items"])
+    part = state.rows(slice(1, 3))
+    assert isinstance(part, TaskState)
+    torch.testing.assert_close(part.prior.mu, state.prior.mu[1:3])
+    torch.testing.assert_close(part.prior.logvar, state.prior.logvar[1:3])
+    for name in ("task", "assignment", "support_items", "support_labels", "support_mask"):
+        assert torch.equal(getattr(part, name), getattr(state, name)[1:3]), name
