@@ -8,7 +8,6 @@ with a clear message, never another exception. No pickle anywhere.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tanp.model import TaNP, TaNPConfig
+from tanp.config import TaNPConfig
+from tanp.digest import sha256_hex
+from tanp.model import TaNP
 from tanp.scoring import Scorer, rank
 
 FORMAT_VERSION = 2  # 2: item features, affinity module, support-only task state
@@ -50,12 +51,8 @@ class LoadedModel:
         return self.scorer.device
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# the name tests/app imports; the service side moves to tanp.digest.sha256_hex (issue 23)
+sha256_file = sha256_hex
 
 
 def make_probe(model: TaNP, *, top: int = 10) -> dict[str, Any]:
@@ -174,7 +171,7 @@ def save_checkpoint(
         "item_names": list(item_names) if item_names is not None else None,
         "item_urls": list(item_urls) if item_urls is not None else None,
         "weights_file": WEIGHTS_FILE,
-        "weights_sha256": sha256_file(weights_path),
+        "weights_sha256": sha256_hex(weights_path),
         "torch_version": torch.__version__,
         "metrics": metrics or {},
         "probe": make_probe(model),
@@ -247,7 +244,7 @@ def build_model(run_dir: Path | str, device: str | torch.device = "cpu") -> Load
         raise CheckpointError(f"{where}: {error}") from error
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: weights file missing")
-    digest = sha256_file(weights_path)
+    digest = sha256_hex(weights_path)
     if digest != manifest["weights_sha256"]:
         raise CheckpointError(
             f"{weights_path}: sha256 {digest[:12]}... does not match the manifest's "

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 
-from tanp.checkpoint import sha256_file
+from tanp.digest import sha256_hex
 
 DataFormat = Literal["auto", "ratings", "hetrec", "hetrec-median", "generic"]
 RATINGS_FILE = "ratings_final.txt"
@@ -92,7 +92,7 @@ class Interactions:
 def fingerprint(paths: list[Path]) -> str:
     """One sha256 over the named files' digests (order-independent)."""
     digest = hashlib.sha256()
-    for line in sorted(f"{path.name}:{sha256_file(path)}" for path in paths):
+    for line in sorted(f"{path.name}:{sha256_hex(path)}" for path in paths):
         digest.update(line.encode())
     return digest.hexdigest()
 

@@ -1,9 +1,8 @@
 """Fetch HetRec 2011 Last.fm-2k: download the GroupLens zip (or copy a local folder), verify, cache.
 
-Standard library only. Knows the raw files the loader reads and their sha256 after CRLF -> LF;
-knows nothing about episodes or splits. Every failure raises `FetchError` with one actionable line.
-The KGCN item mapping (`item_index2entity_id.txt`) is not in the GroupLens zip: without it the
-loader treats `user_artists.dat` as a generic HetRec dataset instead of the 3,846-item one.
+Knows the raw files the loader reads and their sha256 after CRLF -> LF, not episodes or splits.
+Every failure raises `FetchError` with one actionable line. The GroupLens zip lacks the KGCN item
+mapping: without it the loader reads `user_artists.dat` as a generic HetRec dataset.
 """
 
 from __future__ import annotations
@@ -24,6 +23,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from tanp.digest import sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -67,16 +68,11 @@ def normalise_newlines(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n")
 
 
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def is_verified(directory: Path, expected: Mapping[str, str]) -> bool:
     """True when `directory` holds every expected file with exactly the expected sha256."""
     for name, digest in expected.items():
         path = directory / name
-        if not path.is_file() or sha256_hex(path.read_bytes()) != digest:
+        if not path.is_file() or sha256_hex(path) != digest:
             return False
     return True
 
@@ -136,7 +132,7 @@ def fetch_data(
         files, zip_digest = _read_folder(source, expected=expected, extras=extras), None
         origin = str(source)
     elif source.is_file():
-        files, zip_digest = _read_zip(source, expected=expected), sha256_hex(source.read_bytes())
+        files, zip_digest = _read_zip(source, expected=expected), sha256_hex(source)
         origin = str(source)
     else:
         raise FetchError(f"{source} does not exist: pass a folder or a zip with the HetRec files")

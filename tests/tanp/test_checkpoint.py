@@ -15,9 +15,9 @@ from tanp.checkpoint import (
     CheckpointError,
     build_model,
     save_checkpoint,
-    sha256_file,
 )
 from tanp.config import TaNPConfig
+from tanp.digest import sha256_hex
 from tanp.model import TaNP
 from training.data import load_interactions
 from training.episodes import random_split
@@ -34,7 +34,7 @@ def test_train_save_load_gives_identical_scores(trained_run: Path, synthetic_csv
     """train 2 epochs -> save -> build_model -> the same scores as the metrics were computed on."""
     manifest = json.loads((trained_run / "manifest.json").read_text())
     assert manifest["format_version"] == FORMAT_VERSION
-    assert manifest["weights_sha256"] == sha256_file(trained_run / "model.safetensors")
+    assert manifest["weights_sha256"] == sha256_hex(trained_run / "model.safetensors")
     assert {"model_config", "train_config", "data", "items", "probe", "metrics"} <= set(manifest)
     loaded = build_model(trained_run, "cpu")
     prepared = random_split(load_interactions(synthetic_csv), seed=1)
@@ -67,7 +67,7 @@ def test_wrong_shapes_are_refused_even_with_a_matching_hash(
     save_file(
         {k: v.contiguous() for k, v in other.state_dict().items()}, str(run / "model.safetensors")
     )
-    manifest["weights_sha256"] = sha256_file(run / "model.safetensors")
+    manifest["weights_sha256"] = sha256_hex(run / "model.safetensors")
     (run / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="do not fit model_config"):
         build_model(run)
@@ -199,7 +199,7 @@ def _edit_weights(run: Path, name: str, change: object) -> None:
     change(tensor)
     tensors[name] = tensor
     save_file(tensors, str(run / "model.safetensors"))
-    _edit_manifest(run, weights_sha256=sha256_file(run / "model.safetensors"))
+    _edit_manifest(run, weights_sha256=sha256_hex(run / "model.safetensors"))
 
 
 CORRUPT_MANIFESTS: list[tuple[dict[str, object], str]] = [
