@@ -15,18 +15,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tanp.labels import liked_share
+
 FEATURES = 3  # mean liked, max liked, mean disliked
 
 
 def support_weights(
     labels: Tensor, mask: Tensor, *, label_min: float, label_max: float
 ) -> tuple[Tensor, Tensor]:
-    """Each support point's liked / disliked weight (B, 2, L) and the weights' sums (B, 2, 1).
-
-    A label is liked in proportion to its place in [label_min, label_max] (0/1 labels: liked
-    or disliked; a 1-5 scale: a 4 is 3/4 liked)."""
-    span = max(label_max - label_min, 1e-8)
-    liked = ((labels - label_min) / span).clamp(0, 1) * mask
+    """Each support point's liked / disliked weight (B, 2, L) and the weights' sums (B, 2, 1):
+    its `liked_share` and the rest."""
+    liked = liked_share(labels, label_min=label_min, label_max=label_max) * mask
     weights = torch.stack([liked, (1 - liked) * mask], dim=1)
     return weights, weights.sum(-1, keepdim=True).clamp_min(1.0)
 

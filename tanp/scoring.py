@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from tanp.labels import liked_threshold
 from tanp.model import Gaussian, TaNP, TaskState, reparameterise
 
 MAX_UNCERTAINTY_SAMPLES = 32
@@ -99,8 +100,8 @@ class Scorer:
         then the most popular items, support items left out. TaNP then scores only these."""
         mask = state.support_mask[0]
         support = state.support_items[0][mask]
-        middle = (self.config.label_min + self.config.label_max) / 2
-        liked = support[state.support_labels[0][mask] > middle]
+        threshold = liked_threshold(self.config.label_min, self.config.label_max)
+        liked = support[state.support_labels[0][mask] >= threshold]
         affinity = self.model.affinity
         neighbours = affinity.neighbour_index[liked].reshape(-1)
         weights = affinity.neighbour_weight[liked].reshape(-1)

@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from tanp.digest import sha256_hex
+from tanp.labels import liked_threshold
 
 DataFormat = Literal["auto", "ratings", "hetrec", "hetrec-median", "generic"]
 RATINGS_FILE = "ratings_final.txt"
@@ -30,13 +31,6 @@ KGCN_NEGATIVE_SEED = 555
 
 class DataError(Exception):
     """An input file that is missing or malformed; the message names the file and line."""
-
-
-def positive_threshold(label_min: float, label_max: float) -> float:
-    """Labels at or above this count as relevant: 1 for 0/1 data, 4 on a 1-5 scale."""
-    if (label_min, label_max) == (0.0, 1.0):
-        return 1.0
-    return label_min + 0.75 * (label_max - label_min)
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,8 @@ class Interactions:
 
     @property
     def positive_threshold(self) -> float:
-        return positive_threshold(self.label_min, self.label_max)
+        """Labels at or above this are positives (relevant): tanp's one rule for liked."""
+        return liked_threshold(self.label_min, self.label_max)
 
     def by_user(self) -> list[np.ndarray]:
         """Row indices of each user, in file order."""
