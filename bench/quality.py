@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.batches import draw_step
 from training.compare import HEADLINE, paired_difference
 from training.config import DEFAULT_PRESET, preset_configs
 from training.data import load_interactions
 from training.episodes import Prepared, prepare
-from training.features_lr import affinity_only_state, target_inputs
+from training.features_logreg import affinity_only_state, target_inputs
 from training.metrics import auc
 from training.run import Scored, test_report
-from training.trainer import TrainResult, draw_step, train_model
+from training.trainer import TrainResult, train_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm"
 DEFAULT_SPLITS = ["tanp", "random:1", "random:2", "random:3", "random:4", "random:5"]
@@ -93,7 +94,8 @@ def feature_aucs(prepared: Prepared, result: TrainResult) -> dict[str, tuple[flo
             members = torch.nonzero(profiles.folds == fold).flatten()
             batch = draw_step(
                 profiles, members, train=result.train, num_items=model.config.num_items,
-                threshold=threshold, generator=generator,
+                threshold=threshold, generator=generator, z_dim=0, affinity_dropout=0.0,
+                unknown_user=None,
             )  # fmt: skip
             state = affinity_only_state(
                 batch.support_items, batch.support_labels, batch.support_mask

@@ -21,18 +21,13 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sparse
 
-from training.compare import per_user_headline
+from training.compare import per_user_headline, selection_score
 from training.episodes import EpisodeSet, Prepared
 from training.item_stats import item_counts, positive_matrix
 
 SHRINK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 LAMBDA_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)
 EASE_MAX_ITEMS = 20000  # a dense (items, items) inverse: skipped above this many active items
-
-
-def selection_score(per_user: dict[str, np.ndarray]) -> float:
-    """What every model and baseline is tuned on (validation users): NDCG@5 + Recall@20."""
-    return float(np.nanmean(per_user["NDCG@5"]) + np.nanmean(per_user["Recall@20"]))
 
 
 def liked_matrix(episodes: EpisodeSet, *, items: int, threshold: float) -> sparse.csr_matrix:

@@ -44,6 +44,12 @@ def per_user_headline(
     return {"NDCG@5": ndcg, "Recall@20": recall}
 
 
+def selection_score(per_user: dict[str, np.ndarray]) -> float:
+    """What every model epoch and baseline setting is chosen on (validation users): the mean
+    NDCG@5 + the mean catalog Recall@20."""
+    return float(np.nanmean(per_user["NDCG@5"]) + np.nanmean(per_user["Recall@20"]))
+
+
 @dataclass(frozen=True)
 class Difference:
     """Mean of (a - b) over users and its percentile bootstrap 95 % interval."""

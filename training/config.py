@@ -50,19 +50,11 @@ class TrainConfig:
     pointwise_weight: float = 1.0
     listwise_weight: float = 0.0
     negatives: int = 0
-    # share of the negatives drawn in proportion to popularity^0.75 (the rest uniformly); the
-    # listwise loss corrects every drawn item's logit by -log(expected draws) (sampled softmax)
-    negative_popularity: float = 0.0
     kl_weight: float = 1.0
     lambda_clustering: float = 0.1
     clustering_target: ClusteringTarget = "dec"
     unknown_user_rate: float = 0.5
     eval_samples: int = 0
-    lr_schedule: str = "constant"  # or "cosine"
-    # validate and keep an exponential moving average of the weights (per step); 0 = the weights
-    weight_average: float = 0.0
-    # select on every validation user (support = half, at most 20) instead of its episodes
-    valid_all_users: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sparse
+import torch
 from scipy.sparse.linalg import svds
 
+from tanp.affinity import sorted_neighbours
+from tanp.model import TaNP
 from training.episodes import Prepared
 
 
@@ -261,3 +264,55 @@ def item_tables(
         factors=factors,
         content=content,
     )
+
+
+def fold_tables(
+    prepared: Prepared, *, spec: TableSpec, full: ItemTables, folds: int, seed: int
+) -> tuple[np.ndarray | None, list[ItemTables]]:
+    """Each train user's fold (indexed by user; None without folds) and each fold's tables from
+    the train users of the other folds, rotated onto `full`'s basis: no user's own rows describe
+    the items of its episodes. Below 2 folds: the full tables alone."""
+    if folds < 2:
+        return None, [full]
+    users = prepared.users_of("train")
+    rng = np.random.default_rng(seed)
+    fold_of_train_user = rng.permutation(users.size) % folds
+    fold_of_user = np.zeros(len(prepared.interactions.user_ids), dtype=np.int64)
+    fold_of_user[users] = fold_of_train_user
+    tables = [
+        item_tables(prepared, users[fold_of_train_user != fold], spec=spec, reference=full)
+        for fold in range(folds)
+    ]
+    return fold_of_user, tables
+
+
+@dataclass(frozen=True)
+class TableTensors:
+    """One ItemTables as the tensors a model's item buffers point to (neighbour rows sorted)."""
+
+    popularity: torch.Tensor
+    features: torch.Tensor
+    neighbour_index: torch.Tensor
+    neighbour_weight: torch.Tensor
+
+    @classmethod
+    def of(cls, tables: ItemTables, device: torch.device | str = "cpu") -> TableTensors:
+        index, weight = sorted_neighbours(
+            torch.from_numpy(tables.neighbour_index), torch.from_numpy(tables.neighbour_weight)
+        )
+        return cls(
+            popularity=torch.from_numpy(tables.popularity).to(device),
+            features=torch.from_numpy(tables.features).to(device),
+            neighbour_index=index.to(device),
+            neighbour_weight=weight.to(device),
+        )
+
+    def to(self, device: torch.device | str) -> TableTensors:
+        return TableTensors(*(value.to(device) for value in vars(self).values()))
+
+    def install(self, model: TaNP) -> None:
+        """Point the model's item buffers at these tensors (no copy)."""
+        model.item_popularity = self.popularity
+        model.item_features = self.features
+        model.affinity.neighbour_index = self.neighbour_index
+        model.affinity.neighbour_weight = self.neighbour_weight

@@ -27,7 +27,7 @@ from training.compare import HEADLINE, paired_difference, per_user_headline
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared
 from training.evaluate import Blocks, TaskEdit, evaluate_scores, tanp_scores
-from training.features_lr import tuned_features_lr
+from training.features_logreg import tuned_features_logreg
 from training.trainer import EpochRecord, Shard, TrainResult, train_model
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def test_report(
     tuned = Baselines(prepared).all_tuned() if baselines else []
     if baselines and (result.model.config.item_feature_dim or result.model.config.neighbours):
         tuned.append(
-            tuned_features_lr(
+            tuned_features_logreg(
                 prepared,
                 result.model,
                 profiles=result.data.profiles,

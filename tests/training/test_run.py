@@ -1,0 +1,41 @@
+"""A training run's directory: the documented files and metrics.json's shape (SPEC section 5)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def test_cli_train_writes_the_documented_run_directory(trained_run: Path) -> None:
+    assert {path.name for path in trained_run.iterdir()} >= {
+        "model.safetensors",
+        "manifest.json",
+        "metrics.json",
+        "history.csv",
+        "curves.png",
+    }
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(metrics) == {
+        "model", "split", "seed", "best_epoch", "epochs_run", "train_seconds",
+        "epoch_seconds_median", "valid", "test", "baselines", "ablations",
+    }  # fmt: skip
+    for block in ("paper", "standard", "catalog"):
+        assert block in metrics["test"] and block in metrics["valid"]
+    assert set(metrics["baselines"]) == {"popularity", "item_knn", "ease", "features_lr"}
+    assert set(metrics["ablations"]) == {"mean_task", "shuffled_task"}
+    assert "shrink" in metrics["baselines"]["item_knn"]["setting"]
+    assert "lambda" in metrics["baselines"]["ease"]["setting"]
+    for entry in [*metrics["baselines"].values(), *metrics["ablations"].values()]:
+        for block in ("paper", "standard", "catalog"):
+            assert block in entry["test"]
+        for key in ("NDCG@5", "Recall@20"):
+            difference = entry["difference"][key]
+            assert difference["low"] <= difference["mean"] <= difference["high"]
+            assert difference["verdict"] in {"better", "worse", "tie"}
+    assert set(metrics["test"]["paper"]) >= {"P@5", "NDCG@5", "MAP@5", "P@10", "NDCG@10", "MAP@10"}
+    assert set(metrics["test"]["catalog"]) >= {"Recall@20", "NDCG@20", "HR@10"}
+    with (trained_run / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["epochs_run"] == 2
+    assert (trained_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
