@@ -242,34 +242,7 @@ def build_model(run_dir: Path | str, device: str | torch.device = "cpu") -> Load
         probe = read_probe(manifest["probe"], num_items=config.num_items)
     except ValueError as error:
         raise CheckpointError(f"{where}: {error}") from error
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: weights file missing")
-    digest = sha256_hex(weights_path)
-    if digest != manifest["weights_sha256"]:
-        raise CheckpointError(
-            f"{weights_path}: sha256 {digest[:12]}... does not match the manifest's "
-            f"{str(manifest['weights_sha256'])[:12]}... (corrupt or replaced weights)"
-        )
-    try:
-        state = load_file(str(weights_path), device="cpu")
-    except (SafetensorError, OSError) as error:
-        raise CheckpointError(
-            f"{weights_path}: not a readable safetensors file: {error}"
-        ) from error
-    try:
-        skeleton = _skeleton(config)
-    except ValueError as error:
-        raise CheckpointError(f"{where}: bad model_config: {error}") from error
-    try:
-        _check_shapes(skeleton, state)
-    except ValueError as error:
-        raise CheckpointError(
-            f"{weights_path}: weights do not fit model_config: {error}"
-        ) from error
-    try:
-        _check_values(state, num_items=config.num_items)
-    except ValueError as error:
-        raise CheckpointError(f"{weights_path}: {error}") from error
+    state = _verified_weights(weights_path, sha256=manifest["weights_sha256"], config=config)
     model = TaNP(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -299,6 +272,43 @@ def build_model(run_dir: Path | str, device: str | torch.device = "cpu") -> Load
         item_names=names,
         item_urls=urls,
     )
+
+
+def _verified_weights(
+    weights_path: Path, *, sha256: object, config: TaNPConfig
+) -> dict[str, torch.Tensor]:
+    """The weights file's tensors once its sha256 matches the manifest's and its names,
+    shapes and values fit `config`; a CheckpointError naming the file otherwise."""
+    where = weights_path.parent / MANIFEST_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: weights file missing")
+    digest = sha256_hex(weights_path)
+    if digest != sha256:
+        raise CheckpointError(
+            f"{weights_path}: sha256 {digest[:12]}... does not match the manifest's "
+            f"{str(sha256)[:12]}... (corrupt or replaced weights)"
+        )
+    try:
+        state = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(
+            f"{weights_path}: not a readable safetensors file: {error}"
+        ) from error
+    try:
+        skeleton = _skeleton(config)
+    except ValueError as error:
+        raise CheckpointError(f"{where}: bad model_config: {error}") from error
+    try:
+        _check_shapes(skeleton, state)
+    except ValueError as error:
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit model_config: {error}"
+        ) from error
+    try:
+        _check_values(state, num_items=config.num_items)
+    except ValueError as error:
+        raise CheckpointError(f"{weights_path}: {error}") from error
+    return state
 
 
 def _config(value: object, *, where: Path) -> TaNPConfig:
