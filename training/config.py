@@ -1,14 +1,7 @@
 """How to train (`TrainConfig`) and the one table of named presets (model + training).
 
-`reference` is the authors' notebook: its architecture and hyper-parameters (item-id
-embeddings as the only input, MSE on labels, lr 1e-4, 150 epochs, the intended DEC clustering
-target) on the authors' train episodes. `paper` is the default: TaNP whose points are described
-by fixed item features (item factors from train users' co-occurrence, content factors from their
-tags, popularity), with the item-neighbour affinity as a decoder input that is hidden from half
-the training episodes, a taste head, item statistics for each training user from the other
-folds of train users (no self-leak), a listwise loss over sampled catalog items beside the
-pointwise one, selection on validation NDCG@5 + Recall@20 (README, ablation table). `demo` is
-`paper` with fewer epochs, for `make demo`.
+`reference` is the authors' notebook, `paper` (the default) the model this project reports and
+serves, `demo` the same with fewer epochs for `make demo` (what each sets: docs/training.md).
 """
 
 from __future__ import annotations
@@ -68,19 +61,6 @@ class TrainConfig:
 
 
 REFERENCE_MODEL: dict[str, Any] = {}
-TRAIN_SH_MODEL: dict[str, Any] = {
-    "first_embedding_dim": 32,
-    "second_embedding_dim": 16,
-    "enc_h1_dim": 32,
-    "enc_h2_dim": 16,
-    "taskenc_h1_dim": 32,
-    "taskenc_h2_dim": 32,
-    "taskenc_final_dim": 16,
-    "clusters_k": 10,
-    "dec_h1_dim": 32,
-    "dec_h2_dim": 32,
-    "dec_h3_dim": 16,
-}
 PAPER_MODEL: dict[str, Any] = {
     "item_id_input": False,
     "enc_h1_dim": 64,
@@ -118,7 +98,6 @@ PAPER_TRAIN: dict[str, Any] = {
 
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "reference": (REFERENCE_MODEL, {}),
-    "train_sh": (TRAIN_SH_MODEL, {"epochs": 100, "lambda_clustering": 1.0}),
     "paper": (PAPER_MODEL, PAPER_TRAIN),
     "demo": (PAPER_MODEL, {**PAPER_TRAIN, "epochs": 8, "patience": 0}),
 }

@@ -1,11 +1,7 @@
 """User splits and per-user episodes (support/query), stored as compact padded arrays.
 
-`--split tanp` reads the authors' shipped users and episodes exactly; `--split random` redraws
-them with the authors' recipe (70/10/20 users; users with 30..200 interactions get an episode;
-support 20, query = the rest; test interactions with items no train user has are dropped first);
-`--split hetrec-median` is the same recipe over raw HetRec with median-play labels
-(training.data.load_hetrec_median) and users with 40..200 artists.
-Saved as one npz + one JSON, never pickles.
+`tanp` reads the authors' users and episodes exactly; `random` and `hetrec-median` redraw them
+with the authors' recipe (docs/training.md). Saved as one npz + one JSON, never pickles.
 """
 
 from __future__ import annotations
@@ -223,17 +219,15 @@ def prepare(
 
 
 def all_user_episodes(
-    prepared: Prepared, *, split_name: str = "train", min_support: int = 2, rng: np.random.Generator
+    prepared: Prepared, *, min_support: int = 2, rng: np.random.Generator
 ) -> EpisodeSet:
-    """Episodes for every user of a split with at least 2 * min_support interactions.
-
-    The reference only makes episodes for users with 30..200 interactions (248 of 1,310 train
-    users); shorter users give smaller support sets (half of their interactions).
-    """
+    """Episodes for every train user with at least 2 * min_support interactions (the reference
+    makes them only for users with 30..200); shorter users give smaller support sets (half of
+    their interactions)."""
     interactions = prepared.interactions
     rows_of = interactions.by_user()
     owners, supports, queries = [], [], []
-    for user in prepared.users_of(split_name):
+    for user in prepared.users_of("train"):
         rows = rows_of[user]
         if len(rows) < 2 * min_support:
             continue
