@@ -1,13 +1,8 @@
-"""NeighbourAffinity: item-kNN evidence as decoder inputs, from each item's stored neighbours.
+"""NeighbourAffinity: item-kNN evidence of a support set as three decoder inputs per target.
 
-Every item keeps its K most similar items (shrunk cosine over train users' positives, computed
-offline) in `neighbour_index` (N, K), each row sorted by item index, with `neighbour_weight`
-(N, K) (0 = padding). For a support set and any target items it gives three features per target:
-mean similarity to the liked support items, largest similarity to a liked one, mean similarity
-to the disliked ones. Two paths, equal to float precision: `targets` looks each (support, target)
-pair up by binary search, O(B L W log K) for W targets, whatever the catalog size; `catalog`
-scatters every support item's neighbour list over all N items, O(B (L K + N)). No dense
-(items, items) matrix anywhere. Knows nothing about training or serving.
+Each item keeps its K most similar items (`neighbour_index` (N, K), rows sorted by item, with
+`neighbour_weight`); `targets` binary-searches them, `catalog` scatters them over all N items, and
+no (items, items) matrix exists (docs/training.md). Knows nothing about training or serving.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Run directory = one model version: `model.safetensors` (weights only) + `manifest.json`.
 
-`save_checkpoint` writes both; `build_model` is the one loader every consumer uses: it checks
-the manifest's fields, the weights' sha256, the tensor names, shapes and values (finite, item
-indices inside the catalog) and the manifest probe, and every refusal is a `CheckpointError`
-with a clear message, never another exception. No pickle anywhere.
+`save_checkpoint` writes both; `build_model` is the one loader every consumer uses: it verifies
+the manifest, the weights' sha256, names, shapes and values, and the probe, and every refusal is
+a `CheckpointError` naming the file, never another exception. No pickle anywhere.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The one inference path: support set -> task state -> scores -> ranking.
 
-Offline evaluation and the service both call `Scorer`, so offline metrics and online answers
-come from the same code. The item side (embeddings and the decoder's first-layer item part)
-is computed once per model. Also the cache's byte format for a task state (never pickle).
-Knows nothing about HTTP, databases or files.
+Offline evaluation and the service both call `Scorer`, so offline metrics and online answers come
+from the same code; the item side is computed once per model. Also the cache's byte format of a
+task state (never pickle). Knows nothing about HTTP, databases or files.
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
-"""Tuned simple baselines scored on the same episodes as TaNP (SPEC section 4).
-
-Each is fitted on train users' positives only, and its one hyper-parameter is chosen on the
-validation users only, by the same selection score as the model's epochs (validation NDCG@5 +
-catalog Recall@20, `selection_score`):
-- popularity: positive count of each item among train users (no parameter);
-- item_knn: sum over the support positives j of sim(i, j) = co(i, j) / (sqrt(n_i n_j) + shrink)
-  (shrunk cosine; shrink 0 is plain cosine);
-- ease: EASE (Steck 2019), B = I - P diag(1 / diag P) with P = (X^T X + lambda I)^-1 over the
-  items train users have positives for; score_i = sum over support positives j of B[j, i];
-- features_lr (training.features_lr): logistic regression on the model's own hand-made inputs.
-Score matrices are (episodes, items); an item no method can score gets 0.
+"""Tuned simple baselines on the same episodes as TaNP (SPEC section 4): popularity, shrunk-cosine
+item-kNN and EASE, fitted on train users' positives, each with its one hyper-parameter chosen on
+validation users by the model's selection score (formulas: docs/training.md). Score matrices are
+(episodes, items); an item no method can score gets 0.
 """
 
 from __future__ import annotations
@@ -75,6 +67,8 @@ class Baselines:
         return np.tile(self.counts, (len(episodes), 1))
 
     def item_knn(self, episodes: EpisodeSet, *, shrink: float) -> np.ndarray:
+        """score_i = sum over the support positives j of co(i, j) / (sqrt(n_i n_j) + shrink)
+        (shrunk cosine; shrink 0 is plain cosine)."""
         liked = self._liked(episodes)
         used = np.flatnonzero(np.asarray(liked.sum(axis=0)).ravel())
         # co-occurrence rows of just the liked items: (used, items), whatever the catalog size
@@ -88,7 +82,8 @@ class Baselines:
         return np.asarray((liked[:, used] @ similarity).todense(), dtype=np.float32)
 
     def ease_weights(self, *, reg: float) -> tuple[np.ndarray, np.ndarray]:
-        """(active items,) ids and the (active, active) EASE weight matrix."""
+        """(active items,) ids and the (active, active) EASE weights (Steck 2019):
+        B = I - P diag(1 / diag P), P = (X^T X + lambda I)^-1 over the items with positives."""
         active = np.flatnonzero(self.counts > 0)
         columns = self.matrix[:, active]
         gram = (columns.T @ columns).toarray().astype(np.float32)

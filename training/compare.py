@@ -1,9 +1,6 @@
-"""Paired comparisons of two scorers on the same test users: per-user headline metrics and the
-percentile bootstrap of their difference (SPEC section 4).
-
-A comparison resamples users with replacement (2,000 draws, fixed seed); pooled over several
-splits it resamples users within each split, so every split keeps its weight. A difference whose
-95 % interval contains 0 is a tie. Knows only arrays of per-user values, not models.
+"""Paired comparisons of two scorers on the same users: per-user headline metrics, the selection
+score, and the percentile bootstrap of a difference, pooled over splits (SPEC section 4).
+Knows only arrays of per-user values, not models.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Interaction loaders for the three input formats of SPEC section 3.
-
-1. `ratings_final.txt` (TaNP/KGCN: `user item label`, tab separated, no header);
-2. raw HetRec `user_artists.dat` + `item_index2entity_id.txt` (rebuilds the same 3,846-item
-   dataset with HetRec artist ids, negatives drawn exactly as the KGCN/MKR script did);
-3. a generic `user,item,rating` CSV/TSV with a header.
-Malformed input raises `DataError` naming the file and line. Knows nothing about episodes.
+"""Interaction loaders for the input formats of SPEC section 3: `ratings_final.txt` (TaNP/KGCN),
+raw HetRec `user_artists.dat` (with the KGCN item mapping: the same 3,846 items with HetRec ids),
+median-play HetRec, and a generic `user,item,rating` CSV/TSV with a header. Malformed input
+raises `DataError` naming the file and line. Knows nothing about episodes.
 """
 
 from __future__ import annotations

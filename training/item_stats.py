@@ -1,9 +1,7 @@
-"""Item statistics from a set of users' positives: the one place baselines and the trainer get
-popularity, co-occurrence, shrunk-cosine neighbour lists and item factors from.
-
-Everything is sparse (scipy) so a catalog of any size works: co-occurrence is one sparse product
-and only each item's K best neighbours are kept. Knows nothing about models or episodes
-beyond the `Prepared` split it reads the users' rows from.
+"""Item statistics from a set of users' positives, the one place baselines and the trainer get them:
+popularity, shrunk-cosine neighbour lists, item and content factors; the tables of all train users
+and of each fold, and the tensors a model's item buffers point to. Sparse throughout (scipy), so
+any catalog size works.
 """
 
 from __future__ import annotations

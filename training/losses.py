@@ -1,8 +1,6 @@
-"""TaNP training losses: pointwise (MSE or BCE on the labelled targets) + listwise (softmax of
-the positives against every scored target) + KL(q(z|target) || q(z|context)) + lambda * the
-clustering KL.
-
-The model stays pure; these functions read its typed output.
+"""TaNP training losses: pointwise (MSE or BCE on the labelled targets) + listwise (softmax of the
+positives against every candidate target) + KL(q(z | targets) || q(z | context)) + lambda * the
+clustering KL. The model stays pure; these functions read its typed output.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Test metrics of SPEC section 4; every one is a per-user mean over episodes.
-
-- `paper`: the TaNP authors' scorer (utils/scorer.py) reproduced exactly, quirks included.
-- `standard`: within-query textbook P@5, NDCG@5 and AUC.
-- `catalog`: rank every catalog item except the support items against the query positives.
-Knows only arrays of scores and labels, not models.
+"""Test metrics of SPEC section 4, each a per-user mean over episodes: `paper` (the authors' scorer,
+quirks included), `standard` (within-query textbook P@5, NDCG@5, AUC) and `catalog` (every catalog
+item but the support ranked against the query positives). Knows only arrays, not models.
 """
 
 from __future__ import annotations

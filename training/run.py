@@ -1,9 +1,8 @@
 """One training run end to end: data -> episodes -> train -> evaluate -> run directory.
 
-A run directory is one model version: model.safetensors + manifest.json (tanp.checkpoint),
-metrics.json (SPEC section 5 shape), history.csv and curves.png. The evaluation is the strict
-one of SPEC section 4: the tuned baselines on the same test episodes, the model's paired
-differences to each (bootstrap 95 % intervals over test users), and the adaptation ablations.
+A run directory is one model version: weights + manifest (tanp.checkpoint), metrics.json (SPEC
+section 5), history.csv and curves.png; the evaluation adds the tuned baselines, the paired
+difference to each and the adaptation ablations (SPEC section 4).
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Per-epoch validation: each validation user's NDCG@5 and catalog Recall@20, the selection metrics.
-
-Over a big catalog only each user's query items and candidate stage are ranked (as the service).
+"""Per-epoch validation: each validation user's NDCG@5 and catalog Recall@20 (the selection
+metrics); over a big catalog only each user's query items and candidate stage are ranked.
 """
 
 from __future__ import annotations
