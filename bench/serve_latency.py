@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,14 +41,16 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 import loadgen
-from harness import wait_ready
 
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, pack_state, rank, unpack_state
+from tests.support.live_server import wait_ready
+from tests.support.network import free_port
 
 LASTFM_ITEMS = 3846
 P99_TARGET_MS = 50.0
@@ -70,12 +71,6 @@ class Result:
     server_cpu_ms: float = float("nan")  # server processes' CPU per answered request
     client_cpu_ms: float = float("nan")  # the generator's CPU per request
     machine_cpu_ms: float = float("nan")  # every process's CPU per request (Redis, SQL, ...)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def random_supports(items: list[str], count: int, seed: int) -> list[list[dict[str, Any]]]:
@@ -455,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     try:
-        wait_ready(base, server)
+        wait_ready(base, server, timeout=120)
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
 
             def load(scenario: str, payloads: list[bytes], rate: float) -> Result:

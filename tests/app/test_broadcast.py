@@ -4,20 +4,19 @@ announcements, and a worker list that degrades to this worker when Redis is unre
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
 from app.broadcast import ModelBroadcast
+from tests.support.network import free_port
 
 
 @pytest.fixture
 def broadcast() -> ModelBroadcast:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens here once the probe closes
     return ModelBroadcast(
-        redis_url=f"redis://127.0.0.1:{closed_port}/0", worker="here:1", reconcile_seconds=5
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+        worker="here:1",
+        reconcile_seconds=5,
     )
 
 

@@ -6,6 +6,7 @@ import socket
 import time
 
 from app.cache import MemoryCache, RedisCache, cache_key, canonical_support, support_digest
+from tests.support.network import free_port
 
 
 def test_canonical_support_ignores_order_and_int_float() -> None:
@@ -53,16 +54,10 @@ def test_memory_cache_evicts_least_recently_used() -> None:
     assert cache.status() == "disabled"
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_unreachable_redis_is_a_counted_miss() -> None:
     errors: list[int] = []
     cache = RedisCache(
-        url=f"redis://127.0.0.1:{closed_port()}/0",
+        url=f"redis://127.0.0.1:{free_port()}/0",
         ttl_seconds=60,
         timeout_seconds=0.05,
         on_error=lambda: errors.append(1),
@@ -77,7 +72,7 @@ def test_unreachable_redis_is_a_counted_miss() -> None:
 def test_backoff_skips_redis_after_a_failure() -> None:
     errors: list[int] = []
     cache = RedisCache(
-        url=f"redis://127.0.0.1:{closed_port()}/0",
+        url=f"redis://127.0.0.1:{free_port()}/0",
         ttl_seconds=60,
         timeout_seconds=0.05,
         on_error=lambda: errors.append(1),
@@ -116,7 +111,7 @@ def test_many_keys_at_once_on_memory_and_an_unreachable_redis() -> None:
     assert memory.get_many(["b", "zz", "a"]) == [b"2", None, b"1"]
     errors: list[int] = []
     down = RedisCache(
-        url=f"redis://127.0.0.1:{closed_port()}/0",
+        url=f"redis://127.0.0.1:{free_port()}/0",
         ttl_seconds=60,
         timeout_seconds=0.05,
         on_error=lambda: errors.append(1),

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from app.db import SessionFactory, make_engine, make_session_factory, run_migrat
 from app.models_sql import RequestLogRow
 from app.request_log import RequestLogEntry, SqlRequestLog
 from app.spool import DiskSpool, MemorySpool
+from tests.support.polling import wait_for
 
 
 @pytest.fixture
@@ -42,17 +42,6 @@ def entry(number: int, *, fallback: str | None = None) -> RequestLogEntry:
 def logged_ids(sessions: SessionFactory) -> list[str]:
     with sessions() as session:
         return sorted(session.scalars(select(RequestLogRow.request_id)))
-
-
-def wait_until(condition: object, timeout: float = 10.0) -> bool:
-    """Poll `condition()` (a callable) until true or `timeout`; never a timed assertion."""
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_request_log_writes_rows_in_the_background(
@@ -98,7 +87,7 @@ def test_rows_recorded_while_the_database_is_down_land_when_it_returns(
     assert isinstance(log.spool, DiskSpool if spool == "disk" else MemorySpool)
     for number in range(6):
         log.record(entry(number))  # no tables yet: every write fails
-    assert wait_until(lambda: log.failed >= 2)
+    assert wait_for(lambda: log.failed >= 2, timeout=10)
     assert not log.flush(timeout=0.2)  # they wait in the spool
     assert log.pending() == 6 and log.last_error is not None and log.dropped == 0
 
@@ -123,7 +112,7 @@ def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
     )  # fmt: skip
     for number in range(20):
         log.record(entry(number))
-    assert wait_until(lambda: log.pending() + log.dropped == 20 and log.failed >= 1)
+    assert wait_for(lambda: log.pending() + log.dropped == 20 and log.failed >= 1, timeout=10)
     assert 0 < log.pending() <= 5 and log.dropped == sum(dropped) == 20 - log.pending()
 
     run_migrations(url)
