@@ -20,7 +20,7 @@ from app.settings import Settings
 
 
 def run_migrations_command() -> int:
-    from app.db import run_migrations  # type: ignore[import-not-found,unused-ignore]
+    from app.storage.db import run_migrations  # type: ignore[import-not-found,unused-ignore]
 
     run_migrations(Settings().database_url)
     return 0

@@ -21,20 +21,20 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
 
+from app.api.middleware import ServiceMiddleware
 from app.api.routes import admin, health, items, recommend
-from app.audit_log import AuditLog
-from app.broadcast import ModelBroadcast, worker_id
-from app.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
-from app.db import open_database
 from app.errors import install_error_handlers
-from app.holder import ModelHolder, ServingModel
-from app.middleware import ServiceMiddleware
-from app.models_service import ModelService
-from app.recommender import Recommender, ScoringLimits
-from app.request_log import SqlRequestLog
+from app.lifecycle.broadcast import ModelBroadcast, worker_id
+from app.lifecycle.service import ModelService
 from app.server import die_with_parent
+from app.serving.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.serving.model import ModelHolder, ServingModel
+from app.serving.recommender import Recommender, ScoringLimits
 from app.settings import Settings
 from app.state import ServiceState
+from app.storage.audit_log import AuditLog
+from app.storage.db import open_database
+from app.storage.request_log import SqlRequestLog
 from app.telemetry import Metrics
 
 logger = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Request and response bodies of the public and admin API (SPEC section 6), with examples.
 
 Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
-the label range, the catalog) are checked by `app.recommender` and raise `app.errors` exceptions.
+the label range, the catalog) are checked by `app.serving` and raise `app.errors` exceptions.
 Request bodies are validated strictly: JSON's types as the schema states them (`true` is not the
 number 1, `5.0` is not the integer 5).
 """
@@ -19,7 +19,7 @@ from pydantic_core import to_json
 from tanp.scoring import MAX_UNCERTAINTY_SAMPLES
 
 if TYPE_CHECKING:
-    from app.recommender import Recommendation
+    from app.serving.recommender import Recommendation
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 HARD_MAX_LIST = 10_000  # beyond any MAX_SUPPORT; stops absurd lists before the route sees them

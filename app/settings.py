@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     candidates: int = Field(default=2_000, ge=1)
     full_scoring_max_items: int = Field(default=50_000, ge=1)
     # Concurrent recommend calls of one worker that arrive while its model is busy are scored
-    # together in one forward (app.batcher), up to this many per batch.
+    # together in one forward (app.serving.batcher), up to this many per batch.
     batch_max_requests: int = Field(default=32, ge=1, le=1024)
     # Whole answers of repeated requests kept per worker (an LRU; 0: none): a repeat skips
     # the catalog decode. The task-state cache (Redis or memory) is used either way.

@@ -185,12 +185,12 @@ def breakdown(
     the components the server wires: the request's JSON -> RecommendRequest, the cache, the
     model (encode on a miss, decode, rank, ids and names), the response to JSON, the
     request-log record call."""
-    from app.cache import MemoryCache, RedisCache, TaskStateCache
-    from app.db import open_database
-    from app.holder import ServingModel
-    from app.recommender import recommend
-    from app.request_log import RequestLogEntry, SqlRequestLog
     from app.schemas import RecommendRequest
+    from app.serving.cache import MemoryCache, RedisCache, TaskStateCache
+    from app.serving.model import ServingModel
+    from app.serving.recommender import recommend
+    from app.storage.db import open_database
+    from app.storage.request_log import RequestLogEntry, SqlRequestLog
 
     try:
         from app.schemas import recommend_response_json

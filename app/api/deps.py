@@ -11,11 +11,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.middleware import request_id_of
 from app.errors import ModelUnavailableError, NotFoundError, UnauthorizedError
-from app.holder import ServingModel
-from app.middleware import request_id_of
-from app.models_service import ModelService
-from app.recommender import Recommender
+from app.lifecycle.service import ModelService
+from app.serving.model import ServingModel
+from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.state import ServiceState
 

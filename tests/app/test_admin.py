@@ -16,8 +16,8 @@ from model_versions import save_version, two_versions
 from safetensors.torch import load_file, save_file
 from sqlalchemy import select, text
 
-from app.crud import active_version, registered_versions
-from app.models_sql import AdminAudit
+from app.storage.crud import active_version, registered_versions
+from app.storage.tables import AdminAudit
 from tanp.checkpoint import WEIGHTS_FILE, read_manifest, sha256_file, write_manifest
 from tanp.model import TaNP, TaNPConfig
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from app.audit_log import AuditLog
-from app.db import make_engine, make_session_factory, run_migrations
-from app.models_sql import AdminAudit
+from app.storage.audit_log import AuditLog
+from app.storage.db import make_engine, make_session_factory, run_migrations
+from app.storage.tables import AdminAudit
 
 
 def test_audit_rows_wait_out_an_outage_and_land(tmp_path: Path) -> None:

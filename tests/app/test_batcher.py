@@ -1,4 +1,4 @@
-"""`app.batcher.MicroBatcher`: concurrent submissions share a batch, order and errors kept."""
+"""`MicroBatcher`: concurrent submissions share a batch, order and errors kept."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from app.batcher import MicroBatcher
+from app.serving.batcher import MicroBatcher
 
 
 def test_calls_that_arrive_while_a_batch_runs_share_the_next_one() -> None:

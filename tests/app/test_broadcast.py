@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.broadcast import ModelBroadcast
+from app.lifecycle.broadcast import ModelBroadcast
 from tests.support.network import free_port
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from app.cache import MemoryCache, RedisCache, cache_key, canonical_support, support_digest
+from app.serving.cache import MemoryCache, RedisCache, cache_key, canonical_support, support_digest
 from tests.support.network import free_port
 
 

@@ -111,7 +111,7 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
 
 
 def test_many_keys_in_one_round_trip(live_redis: redis.Redis) -> None:
-    from app.cache import RedisCache
+    from app.serving.cache import RedisCache
 
     prefix = f"test-many-{uuid.uuid4().hex[:12]}"
     cache = RedisCache(url=REDIS_URL, ttl_seconds=30, timeout_seconds=1.0)

@@ -1,4 +1,4 @@
-"""The SQL registry, audit and catalog functions of `app.crud` against a migrated SQLite file."""
+"""The SQL registry and catalog functions of `app.storage.crud` against a migrated SQLite file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from model_versions import migrated_sqlite
 
-from app.crud import (
+from app.storage.crud import (
     CatalogRow,
     active_version,
     catalog_rows,
@@ -20,8 +20,8 @@ from app.crud import (
     registered_versions,
     replace_catalog,
 )
-from app.db import SessionFactory
-from app.models_sql import ModelVersion
+from app.storage.db import SessionFactory
+from app.storage.tables import ModelVersion
 
 
 @pytest.fixture

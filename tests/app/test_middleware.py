@@ -11,7 +11,7 @@ import pytest
 from app_helpers import AppFactory, TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from app.middleware import ServiceMiddleware, new_request_id
+from app.api.middleware import ServiceMiddleware, new_request_id
 from app.telemetry import Metrics
 
 LIMIT = 2048

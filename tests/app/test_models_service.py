@@ -18,16 +18,22 @@ from app_helpers import ITEMS, NAMES
 from model_versions import URLS, migrated_sqlite, save_version, two_versions
 from sqlalchemy.exc import OperationalError
 
-from app.crud import active_version, catalog_rows, mark_active, mark_failed, registered_versions
-from app.db import SessionFactory
 from app.errors import (
     ModelFaultError,
     ModelRefusedError,
     RegistryUnavailableError,
     UnknownVersionError,
 )
-from app.holder import ModelHolder, ServingModel
-from app.models_service import ModelService, RegistryView, startup_candidates
+from app.lifecycle.service import ModelService, RegistryView, startup_candidates
+from app.serving.model import ModelHolder, ServingModel
+from app.storage.crud import (
+    active_version,
+    catalog_rows,
+    mark_active,
+    mark_failed,
+    registered_versions,
+)
+from app.storage.db import SessionFactory
 from tanp.checkpoint import read_manifest
 
 
@@ -209,7 +215,7 @@ def test_a_broken_active_version_is_tried_once_and_the_old_model_keeps_serving(
     mark_active(sessions, name="v2", path=models / "v2", manifest={})
     break_manifest(models / "v2")
 
-    with caplog.at_level(logging.ERROR, logger="app.models_service"):
+    with caplog.at_level(logging.ERROR, logger="app.lifecycle.service"):
         follower.reconcile()
         follower.reconcile()
     failures = [r for r in caplog.records if "could not follow" in r.message]
@@ -253,7 +259,7 @@ def test_a_pinned_version_is_waited_for_and_a_broken_one_tried_once(
     (models / "v1" / "model.safetensors").write_bytes(b"not a checkpoint")
     broken = make_service(models, None, swapped)
     broken._pinned = "v1"
-    with caplog.at_level(logging.ERROR, logger="app.models_service"):
+    with caplog.at_level(logging.ERROR, logger="app.lifecycle.service"):
         broken.reconcile()
         broken.reconcile()
     assert len([r for r in caplog.records if "found after start-up" in r.message]) == 1

@@ -11,8 +11,8 @@ import pytest
 import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, AppFactory, TestClient, state_of, tiny_model
 
-from app.crud import registered_versions
-from app.request_log import RequestLogEntry
+from app.storage.crud import registered_versions
+from app.storage.request_log import RequestLogEntry
 from tanp.checkpoint import save_checkpoint
 from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank

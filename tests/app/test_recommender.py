@@ -1,4 +1,4 @@
-"""`app.recommender` without HTTP: ranking, exclusions, candidates, the popularity fallback,
+"""`app.serving.recommender` without HTTP: ranking, exclusions, candidates, the popularity fallback,
 uncertainty, the task-state cache, every refusal, and the per-app counting and request log."""
 
 from __future__ import annotations
@@ -13,15 +13,21 @@ import pytest
 import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
-from app.cache import AnswerMemo, MemoryCache, TaskStateCache, cache_key, support_digest
 from app.errors import (
     InvalidRequestError,
     ModelFaultError,
     RatingRangeError,
     UnknownItemsError,
 )
-from app.holder import ServingModel
-from app.recommender import (
+from app.schemas import (
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    recommend_response_json,
+)
+from app.serving.cache import AnswerMemo, MemoryCache, TaskStateCache, cache_key, support_digest
+from app.serving.model import ServingModel
+from app.serving.recommender import (
     Recommendation,
     Recommender,
     ScoredItem,
@@ -29,13 +35,7 @@ from app.recommender import (
     recommend,
     recommend_many,
 )
-from app.request_log import RequestLogEntry
-from app.schemas import (
-    RecommendedItem,
-    RecommendRequest,
-    RecommendResponse,
-    recommend_response_json,
-)
+from app.storage.request_log import RequestLogEntry
 from app.telemetry import Metrics
 from tanp.checkpoint import save_checkpoint
 from tanp.model import TaNP, TaNPConfig

@@ -15,10 +15,10 @@ import pytest
 from model_versions import migrated_sqlite
 from sqlalchemy import select
 
-from app.db import SessionFactory, make_engine, make_session_factory, run_migrations
-from app.models_sql import RequestLogRow
-from app.request_log import RequestLogEntry, SqlRequestLog
-from app.spool import DiskSpool, MemorySpool
+from app.storage.db import SessionFactory, make_engine, make_session_factory, run_migrations
+from app.storage.request_log import RequestLogEntry, SqlRequestLog
+from app.storage.spool import DiskSpool, MemorySpool
+from app.storage.tables import RequestLogRow
 from tests.support.polling import wait_for
 
 
@@ -141,8 +141,8 @@ SPOOL_AND_DIE = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from app.db import make_engine, make_session_factory
-    from app.request_log import RequestLogEntry, SqlRequestLog
+    from app.storage.db import make_engine, make_session_factory
+    from app.storage.request_log import RequestLogEntry, SqlRequestLog
 
     url, spool = sys.argv[1], Path(sys.argv[2])
     log = SqlRequestLog(make_session_factory(make_engine(url)), spool_dir=spool,

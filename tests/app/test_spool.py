@@ -9,9 +9,9 @@ from pathlib import Path
 from model_versions import migrated_sqlite
 from sqlalchemy import select
 
-from app.models_sql import RequestLogRow
-from app.request_log import SqlRequestLog
-from app.spool import DiskSpool
+from app.storage.request_log import SqlRequestLog
+from app.storage.spool import DiskSpool
+from app.storage.tables import RequestLogRow
 
 
 def test_a_torn_spool_line_is_skipped_and_counted(tmp_path: Path) -> None:

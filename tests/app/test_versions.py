@@ -9,7 +9,7 @@ import pytest
 from model_versions import save_version, two_versions
 
 from app.errors import InvalidVersionError, UnknownVersionError
-from app.versions import list_versions, newest_version, resolve_version
+from app.lifecycle.versions import list_versions, newest_version, resolve_version
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.api.audit import AuditedRoute
 from app.api.deps import ModelServiceDep, require_admin
-from app.models_service import ModelService
+from app.lifecycle.service import ModelService
 from app.schemas import ActivateResponse, ModelsResponse, ReloadRequest
 
 router = APIRouter(

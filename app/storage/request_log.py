@@ -2,7 +2,7 @@
 
 `RequestLogSink` is the interface the recommender writes to; `SqlRequestLog` is the sink the
 lifespan wires in: a `SpooledSqlWriter` of `request_log` rows, so a slow or dead database never
-delays or fails a recommendation and an outage of minutes loses no row (`app.spool`).
+delays or fails a recommendation and an outage of minutes loses no row (`app.storage.spool`).
 `NullRequestLog` keeps nothing (unit tests).
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from app.models_sql import RequestLogRow
-from app.spool import SpooledSqlWriter
+from app.storage.spool import SpooledSqlWriter
+from app.storage.tables import RequestLogRow
 
 REQUEST_ID_LENGTH = 64  # the request_log column
 

@@ -4,7 +4,7 @@
 channel `tanp:models`; `listen` (one thread per worker) hands every version another worker
 announced to a callback. Each worker's status lives in the hash `tanp:workers` for /health.
 Every Redis failure is logged and survived. Knows nothing about loading models or SQL: what to do
-with an announced version is `app.models_service`'s job.
+with an announced version is `app.lifecycle.service`'s job.
 """
 
 from __future__ import annotations

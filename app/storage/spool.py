@@ -30,8 +30,8 @@ from typing import IO, Any, ClassVar, Protocol
 from sqlalchemy import insert
 from sqlalchemy.exc import DataError, IntegrityError
 
-from app.db import SessionFactory, first_line
-from app.models_sql import Base
+from app.storage.db import SessionFactory, first_line
+from app.storage.tables import Base
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 logger = logging.getLogger(__name__)
 
 # Package data of `app` (pyproject.toml), so an installed wheel migrates without the source tree.
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 3
 # libpq: a peer that stops answering (a partition, a dead host) fails a connection in about
 # 15 s instead of hanging it until the kernel gives up (minutes).

@@ -22,8 +22,6 @@ from typing import Literal
 import numpy as np
 import torch
 
-from app.batcher import MicroBatcher
-from app.cache import TaskStateCache, support_digest
 from app.errors import (
     InvalidRequestError,
     ModelFaultError,
@@ -32,9 +30,11 @@ from app.errors import (
     UnknownItemsError,
     name_ids,
 )
-from app.holder import ServingModel
-from app.request_log import RequestLogEntry, RequestLogSink
 from app.schemas import RecommendRequest
+from app.serving.batcher import MicroBatcher
+from app.serving.cache import TaskStateCache, support_digest
+from app.serving.model import ServingModel
+from app.storage.request_log import RequestLogEntry, RequestLogSink
 from app.telemetry import Metrics
 from tanp.model import TaskState
 from tanp.scoring import rank, split_states, stack_states
@@ -437,7 +437,7 @@ class _Call:
 
 class Recommender:
     """`recommend` for one app: its cache, MAX_SUPPORT and scoring limits, counted and
-    request-logged; `recommend_async` micro-batches concurrent calls (`app.batcher`)."""
+    request-logged; `recommend_async` micro-batches concurrent calls (`app.serving.batcher`)."""
 
     def __init__(
         self,

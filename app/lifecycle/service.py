@@ -1,7 +1,7 @@
 """The model lifecycle of one worker: start, activate (admin reload), follow (other workers).
 
 Every path goes through the same steps: resolve the version name under MODELS_DIR
-(`app.versions`), load it beside the current model and verify it (sha256, shapes, values,
+(`app.lifecycle.versions`), load it beside the current model and verify it (sha256, shapes, values,
 manifest probe), record it in SQL (active version, catalog), swap it in, announce it.
 
 The SQL registry is the record of what the API acknowledged. `activate` answers only once SQL
@@ -28,18 +28,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app import crud
-from app.broadcast import ModelBroadcast
-from app.db import SessionFactory, first_line
 from app.errors import (
     ModelFaultError,
     ModelRefusedError,
     RegistryUnavailableError,
     ServingError,
 )
-from app.holder import ModelHolder, ServingModel
+from app.lifecycle.broadcast import ModelBroadcast
+from app.lifecycle.versions import list_versions, newest_version, resolve_version
 from app.schemas import ModelsResponse, VersionInfo
-from app.versions import list_versions, newest_version, resolve_version
+from app.serving.model import ModelHolder, ServingModel
+from app.storage import crud
+from app.storage.db import SessionFactory, first_line
 from tanp.checkpoint import CheckpointError, read_manifest
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Plain functions over a session factory with keyword-only data: model versions (o
 directory, at most one `active`) and the catalog rows of the served model. Every
 function raises on database errors; callers decide how to degrade. Knows nothing about loading
 models, settings or HTTP (the request log and the admin audit have spooled writers of their own:
-`app.request_log`, `app.audit_log`).
+`app.storage.request_log`, `app.storage.audit_log`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from app.db import SessionFactory
-from app.models_sql import CatalogItem, ModelVersion
+from app.storage.db import SessionFactory
+from app.storage.tables import CatalogItem, ModelVersion
 
 STATUS_AVAILABLE = "available"
 STATUS_ACTIVE = "active"
