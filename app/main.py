@@ -27,9 +27,10 @@ from app.errors import install_error_handlers
 from app.lifecycle.broadcast import ModelBroadcast, worker_id
 from app.lifecycle.service import ModelService
 from app.server import die_with_parent
-from app.serving.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.serving.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
 from app.serving.model import ModelHolder, ServingModel
-from app.serving.recommender import Recommender, ScoringLimits
+from app.serving.pipeline import ScoringLimits
+from app.serving.recommender import AnswerMemo, Recommender
 from app.settings import Settings
 from app.state import ServiceState
 from app.storage.audit_log import AuditLog
@@ -53,12 +54,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    answers = (
-        AnswerMemo(max_entries=settings.answer_cache_entries)
-        if settings.answer_cache_entries
-        else None
-    )
-    return TaskStateCache(store, answers=answers)
+    return TaskStateCache(store)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -118,6 +114,11 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         audit_log=audit_log,
         recommender=Recommender(
             cache=cache,
+            answers=(
+                AnswerMemo(max_entries=settings.answer_cache_entries)
+                if settings.answer_cache_entries
+                else None
+            ),
             metrics=metrics,
             request_log=request_log,
             max_support=settings.max_support,

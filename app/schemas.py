@@ -10,16 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.config import JsonDict
-from pydantic_core import to_json
 
 from tanp.scoring import MAX_UNCERTAINTY_SAMPLES
-
-if TYPE_CHECKING:
-    from app.serving.recommender import Recommendation
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 HARD_MAX_LIST = 10_000  # beyond any MAX_SUPPORT; stops absurd lists before the route sees them
@@ -116,29 +112,6 @@ class RecommendResponse(BaseModel):
     cached: bool
     fallback: Literal["popularity"] | None
     request_id: str
-
-
-def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes:
-    """`RecommendResponse`'s JSON for an answer, byte for byte what FastAPI's `response_model`
-    path writes, without building and re-validating the models (every field's type is fixed
-    by `Recommendation`)."""
-    return to_json(
-        {
-            "items": [
-                {
-                    "item_id": item.item_id,
-                    "name": item.name,
-                    "score": item.score,
-                    "uncertainty": item.uncertainty,
-                }
-                for item in answer.items
-            ],
-            "model_version": answer.model_version,
-            "cached": answer.cached,
-            "fallback": answer.fallback,
-            "request_id": request_id,
-        }
-    )
 
 
 class CatalogItem(BaseModel):

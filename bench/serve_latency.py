@@ -188,12 +188,12 @@ def breakdown(
     from app.schemas import RecommendRequest
     from app.serving.cache import MemoryCache, RedisCache, TaskStateCache
     from app.serving.model import ServingModel
-    from app.serving.recommender import recommend
+    from app.serving.pipeline import recommend
     from app.storage.db import open_database
     from app.storage.request_log import RequestLogEntry, SqlRequestLog
 
     try:
-        from app.schemas import recommend_response_json
+        from app.api.routes.recommend import recommend_response_json
     except ImportError:  # before the direct serialiser: what FastAPI's response_model did
         from pydantic import TypeAdapter
 

@@ -3,9 +3,8 @@
 `TaskStateCache` owns the key (`tanp:{model_version}:{support digest}`) and the value format
 (`tanp.scoring.pack_state`: a header plus raw float32, never pickle) over a byte store: `RedisCache`
 (REDIS_URL set) or `MemoryCache` (a bounded, thread-safe LRU with TTL). A store failure or a
-malformed value is a miss, counted and logged, never an error response. `AnswerMemo` keeps whole
-answers of repeated requests in the process (ANSWER_CACHE_ENTRIES). Knows nothing about HTTP or
-the model beyond the key's version string.
+malformed value is a miss, counted and logged, never an error response. Knows nothing about
+HTTP or the model beyond the key's version string.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import redis
 import torch
@@ -238,70 +237,22 @@ class RedisCache:
             )
 
 
-class AnswerMemo:
-    """This process's latest answers by request (the model version in the key), an LRU of at
-    most `max_entries`: a repeated request is answered without decoding the catalog again.
-    Answers are deterministic for a model version and request, so a hit is exact."""
-
-    def __init__(self, *, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Any:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
-
-
 class TaskStateCache:
-    """Task states by model version and support digest, over one byte store; `answers`, when
-    given, also keeps whole answers in this process."""
+    """Task states by model version and support digest, over one byte store."""
 
-    def __init__(
-        self,
-        store: ByteStore,
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        answers: AnswerMemo | None = None,
-    ) -> None:
+    def __init__(self, store: ByteStore, *, prefix: str = DEFAULT_PREFIX) -> None:
         self.store = store
         self.prefix = prefix
-        self.answers = answers
 
     @property
     def kind(self) -> str:
         return self.store.kind
 
-    def get(self, *, model_version: str, digest: str, device: torch.device) -> TaskState | None:
-        """The cached state on `device`, or None (absent, expired, store down or malformed)."""
-        key = cache_key(model_version=model_version, digest=digest, prefix=self.prefix)
-        payload = self.store.get(key)
-        if payload is None:
-            return None
-        try:
-            return unpack_state(payload, device=device)
-        except ValueError as error:
-            logger.warning("ignoring a malformed cache entry %s: %s", key, error)
-            return None
-
     def get_many(
         self, *, model_version: str, digests: list[str], device: torch.device
     ) -> list[TaskState | None]:
-        """`get` for several digests, in one round trip to the store."""
+        """The cached states on `device`, None where absent, expired, malformed or the store
+        is down; one round trip to the store."""
         keys = [
             cache_key(model_version=model_version, digest=d, prefix=self.prefix) for d in digests
         ]
@@ -315,17 +266,13 @@ class TaskStateCache:
         return states
 
     def put_many(self, *, model_version: str, states: dict[str, TaskState]) -> None:
-        """`put` for several digests -> states, in one round trip to the store."""
+        """Store each digest -> state of `states`, in one round trip to the store."""
         self.store.set_many(
             {
                 cache_key(model_version=model_version, digest=d, prefix=self.prefix): pack_state(s)
                 for d, s in states.items()
             }
         )
-
-    def put(self, *, model_version: str, digest: str, state: TaskState) -> None:
-        key = cache_key(model_version=model_version, digest=digest, prefix=self.prefix)
-        self.store.set(key, pack_state(state))
 
     def status(self) -> str:
         return self.store.status()

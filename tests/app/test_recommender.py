@@ -13,28 +13,19 @@ import pytest
 import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
+from app.api.routes.recommend import recommend_response_json
 from app.errors import (
     InvalidRequestError,
     ModelFaultError,
     RatingRangeError,
     UnknownItemsError,
 )
-from app.schemas import (
-    RecommendedItem,
-    RecommendRequest,
-    RecommendResponse,
-    recommend_response_json,
-)
-from app.serving.cache import AnswerMemo, MemoryCache, TaskStateCache, cache_key, support_digest
+from app.schemas import RecommendedItem, RecommendRequest, RecommendResponse
+from app.serving import pipeline
+from app.serving.cache import MemoryCache, TaskStateCache, cache_key, support_digest
 from app.serving.model import ServingModel
-from app.serving.recommender import (
-    Recommendation,
-    Recommender,
-    ScoredItem,
-    ScoringLimits,
-    recommend,
-    recommend_many,
-)
+from app.serving.pipeline import Recommendation, ScoredItem, ScoringLimits, recommend
+from app.serving.recommender import AnswerMemo, Recommender
 from app.storage.request_log import RequestLogEntry
 from app.telemetry import Metrics
 from tanp.checkpoint import save_checkpoint
@@ -192,6 +183,19 @@ class BrokenLog:
         raise RuntimeError("database is gone")
 
 
+def make_recommender(cache: TaskStateCache, **overrides: Any) -> Recommender:
+    """A Recommender over `cache` as the app builds one, less the answer memo by default."""
+    values: dict[str, Any] = {
+        "answers": None,
+        "metrics": Metrics(),
+        "request_log": RecordingLog(),
+        "max_support": 100,
+        "max_batch": 32,
+    }
+    values.update(overrides)
+    return Recommender(cache=cache, **values)
+
+
 def counter(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
@@ -201,7 +205,7 @@ def test_recommender_counts_and_logs_each_answered_call(
     model: ServingModel, cache: TaskStateCache
 ) -> None:
     metrics, log = Metrics(), RecordingLog()
-    recommender = Recommender(cache=cache, metrics=metrics, request_log=log, max_support=100)
+    recommender = make_recommender(cache, metrics=metrics, request_log=log)
     for request_id, body in [
         ("r1", {"support": SUPPORT, "k": 7}),
         ("r2", {"support": SUPPORT, "k": 7}),
@@ -229,7 +233,7 @@ def test_a_broken_request_log_never_fails_a_recommendation(
     model: ServingModel, cache: TaskStateCache
 ) -> None:
     metrics = Metrics()
-    recommender = Recommender(cache=cache, metrics=metrics, request_log=BrokenLog(), max_support=9)
+    recommender = make_recommender(cache, metrics=metrics, request_log=BrokenLog(), max_support=9)
     request = RecommendRequest.model_validate({"support": SUPPORT})
     answer = recommender.recommend(model=model, request=request, request_id="r1")
     assert len(answer.items) == 10
@@ -261,13 +265,7 @@ def test_an_error_inside_scoring_is_a_counted_reported_model_fault(
         model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
     )
     metrics, faults = Metrics(), []
-    recommender = Recommender(
-        cache=cache,
-        metrics=metrics,
-        request_log=RecordingLog(),
-        max_support=100,
-        on_model_fault=faults.append,
-    )
+    recommender = make_recommender(cache, metrics=metrics, on_model_fault=faults.append)
     request = RecommendRequest.model_validate({"support": SUPPORT})
     with pytest.raises(ModelFaultError, match="scoring failed: RuntimeError") as raised:
         recommender.recommend(model=broken, request=request, request_id="r1")
@@ -285,9 +283,7 @@ def test_running_out_of_memory_is_not_blamed_on_the_model(
     broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, error))
     request = RecommendRequest.model_validate({"support": SUPPORT})
     with pytest.raises(RuntimeError, match="allocate"):
-        ask_model = Recommender(
-            cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100
-        )
+        ask_model = make_recommender(cache)
         ask_model.recommend(model=broken, request=request, request_id="r1")
 
 
@@ -312,7 +308,8 @@ def test_a_catalog_over_the_full_scoring_limit_ranks_only_the_candidate_stage(
 ) -> None:
     limits = ScoringLimits(candidates=8, full_scoring_max_items=NUM_ITEMS - 1)
     assert limits.candidate_count(neighbour_model) == 8
-    assert ScoringLimits(full_scoring_max_items=NUM_ITEMS).candidate_count(neighbour_model) is None
+    whole = ScoringLimits(candidates=8, full_scoring_max_items=NUM_ITEMS)
+    assert whole.candidate_count(neighbour_model) is None
     support = [
         {"item_id": "a10", "rating": 1},
         {"item_id": "a20", "rating": 1},
@@ -357,9 +354,7 @@ def test_the_recommender_applies_its_limits(
     neighbour_model: ServingModel, cache: TaskStateCache
 ) -> None:
     limits = ScoringLimits(candidates=5, full_scoring_max_items=10)
-    recommender = Recommender(
-        cache=cache, metrics=Metrics(), request_log=RecordingLog(), max_support=100, limits=limits
-    )
+    recommender = make_recommender(cache, limits=limits)
     request = RecommendRequest.model_validate({"support": SUPPORT, "k": 100})
     answer = recommender.recommend(model=neighbour_model, request=request, request_id="r1")
     assert len(answer.items) == 5
@@ -379,15 +374,16 @@ def test_a_batch_answers_each_request_as_it_would_be_answered_alone(
     ]  # fmt: skip
     ask(neighbour_model, cache, support=SUPPORT)  # the first request's state is then cached
     requests = [RecommendRequest.model_validate(body) for body in bodies]
-    batched = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
-    assert isinstance(batched[3], UnknownItemsError)
+    with pytest.raises(UnknownItemsError):  # refused before any batch
+        pipeline.check(neighbour_model, requests[3], max_support=100)
+    del bodies[3], requests[3]
+    checked = [pipeline.check(neighbour_model, request, max_support=100) for request in requests]
+    batched = pipeline.answer(model=neighbour_model, cache=cache, checked=checked, limits=None)
     assert [getattr(answer, "cached", None) for answer in batched] == [
-        True, False, False, None, True, False,
+        True, False, False, True, False,
     ]  # fmt: skip
     alone_cache = TaskStateCache(MemoryCache(ttl_seconds=60))
     for body, answer in zip(bodies, batched, strict=True):
-        if isinstance(answer, UnknownItemsError):
-            continue
         assert isinstance(answer, Recommendation)
         alone = ask(neighbour_model, alone_cache, **body)
         assert ids(answer) == ids(alone)
@@ -395,8 +391,8 @@ def test_a_batch_answers_each_request_as_it_would_be_answered_alone(
             assert mine.score == pytest.approx(theirs.score, abs=1e-5)
             assert (mine.uncertainty is None) == (theirs.uncertainty is None)
     # the states the batch encoded went to the cache
-    again = recommend_many(model=neighbour_model, cache=cache, requests=requests, max_support=100)
-    assert getattr(again[5], "cached", None) is True
+    again = pipeline.answer(model=neighbour_model, cache=cache, checked=checked, limits=None)
+    assert getattr(again[4], "cached", None) is True
 
 
 def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
@@ -405,11 +401,11 @@ def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
     broken = dataclasses.replace(
         model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
     )
-    requests = [
-        RecommendRequest.model_validate(body)
+    checked = [
+        pipeline.check(broken, RecommendRequest.model_validate(body), max_support=100)
         for body in ({"support": SUPPORT}, {"support": []}, {"support": SUPPORT[:1]})
     ]
-    outcomes = recommend_many(model=broken, cache=cache, requests=requests, max_support=100)
+    outcomes = pipeline.answer(model=broken, cache=cache, checked=checked, limits=None)
     assert isinstance(outcomes[0], ModelFaultError) and isinstance(outcomes[2], ModelFaultError)
     assert isinstance(outcomes[1], Recommendation) and outcomes[1].fallback == "popularity"
 
@@ -440,26 +436,31 @@ def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
     model: ServingModel,
 ) -> None:
     memo = AnswerMemo(max_entries=2)
-    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=memo)
-    first = ask(model, cache, support=SUPPORT, k=5, exclude=["a1"])
+    recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)), answers=memo)
+
+    def ask(serving: ServingModel, **body: Any) -> Recommendation:
+        request = RecommendRequest.model_validate(body)
+        return recommender.recommend(model=serving, request=request, request_id="r")
+
+    first = ask(model, support=SUPPORT, k=5, exclude=["a1"])
     broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, RuntimeError("no")))
-    again = ask(broken, cache, support=list(reversed(SUPPORT)), k=5, exclude=["a1"])
+    again = ask(broken, support=list(reversed(SUPPORT)), k=5, exclude=["a1"])
     assert (first.cached, again.cached) == (False, True)
     assert again.items == first.items and len(memo) == 1
     with pytest.raises(ModelFaultError):  # another k is another answer: scored again
-        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+        ask(broken, support=SUPPORT, k=6, exclude=["a1"])
     with pytest.raises(ModelFaultError):  # and a fault is never remembered
-        ask(broken, cache, support=SUPPORT, k=6, exclude=["a1"])
+        ask(broken, support=SUPPORT, k=6, exclude=["a1"])
     other = dataclasses.replace(model, version="v2")
-    assert ask(other, cache, support=SUPPORT, k=5, exclude=["a1"]).cached is False
+    assert ask(other, support=SUPPORT, k=5, exclude=["a1"]).cached is False
 
 
 def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
     model: ServingModel,
 ) -> None:
-    cache = TaskStateCache(MemoryCache(ttl_seconds=60), answers=AnswerMemo(max_entries=8))
+    cache = TaskStateCache(MemoryCache(ttl_seconds=60))
     log = RecordingLog()
-    recommender = Recommender(cache=cache, metrics=Metrics(), request_log=log, max_support=100)
+    recommender = make_recommender(cache, answers=AnswerMemo(max_entries=8), request_log=log)
     request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
 
     async def twice() -> tuple[Recommendation, Recommendation]:
@@ -474,6 +475,9 @@ def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
     assert (first.cached, again.cached) == (False, True) and again.items == first.items
     assert (recommender.batcher.batches, recommender.batcher.items) == (1, 1)
     assert [entry.request_id for entry in log.entries] == ["r1", "r2"]
-    with pytest.raises(UnknownItemsError):  # refusals still come from the batch path
-        bad = RecommendRequest.model_validate({"support": [{"item_id": "zz", "rating": 1}]})
+    bad = RecommendRequest.model_validate({"support": [{"item_id": "zz", "rating": 1}]})
+    with pytest.raises(UnknownItemsError):  # refused before any batch: nothing logged
+        asyncio.run(recommender.recommend_async(model=model, request=bad, request_id="r3"))
+    with pytest.raises(UnknownItemsError):
         recommender.recommend(model=model, request=bad, request_id="r3")
+    assert recommender.batcher.batches == 1 and len(log.entries) == 2

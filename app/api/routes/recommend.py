@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
+from pydantic_core import to_json
 
 from app.api.deps import RecommenderDep, RequestIdDep, ServingModelDep
 from app.schemas import (
@@ -18,8 +19,8 @@ from app.schemas import (
     RECOMMEND_RESPONSE_EXAMPLE,
     RecommendRequest,
     RecommendResponse,
-    recommend_response_json,
 )
+from app.serving.pipeline import Recommendation
 
 router = APIRouter(tags=["recommend"])
 
@@ -59,6 +60,29 @@ async def recommend(
     answer = await recommender.recommend_async(model=model, request=body, request_id=request_id)
     return Response(
         recommend_response_json(answer, request_id=request_id), media_type="application/json"
+    )
+
+
+def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes:
+    """`RecommendResponse`'s JSON for an answer, byte for byte what FastAPI's `response_model`
+    path writes, without building and re-validating the models (every field's type is fixed
+    by `Recommendation`)."""
+    return to_json(
+        {
+            "items": [
+                {
+                    "item_id": item.item_id,
+                    "name": item.name,
+                    "score": item.score,
+                    "uncertainty": item.uncertainty,
+                }
+                for item in answer.items
+            ],
+            "model_version": answer.model_version,
+            "cached": answer.cached,
+            "fallback": answer.fallback,
+            "request_id": request_id,
+        }
     )
 
 
