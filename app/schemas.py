@@ -168,6 +168,8 @@ class ReloadRequest(BaseModel):
 class VersionInfo(BaseModel):
     """One version as the registry and the disk know it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     status: str = Field(description="The registry's status; 'unregistered' when only on disk.")
     serving: bool = Field(description="Served by the worker that answered.")
@@ -180,6 +182,8 @@ class VersionInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     serving: str | None
     registry: str = Field(description="'ok', or why the SQL registry could not be read")
     versions: list[VersionInfo]

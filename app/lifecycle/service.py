@@ -23,24 +23,18 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.errors import (
-    ModelFaultError,
-    ModelRefusedError,
-    RegistryUnavailableError,
-    ServingError,
-)
+from app.errors import ModelFaultError, ModelRefusedError, ServingError
 from app.lifecycle.broadcast import ModelBroadcast
+from app.lifecycle.registry import Registry, RegistryView, VersionOverview
 from app.lifecycle.versions import list_versions, newest_version, resolve_version
-from app.schemas import ModelsResponse, VersionInfo
 from app.serving.model import ModelHolder, ServingModel
-from app.storage import crud
-from app.storage.db import SessionFactory, first_line
-from tanp.checkpoint import CheckpointError, read_manifest
+from app.storage.db import SessionFactory
+from tanp.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +47,13 @@ class Activation:
 
 
 @dataclass(frozen=True)
-class RegistryView:
-    """What the SQL registry says, or that it could not be read (`reachable` False)."""
+class ModelsOverview:
+    """Versions in the registry and on disk, the one this worker serves, every worker."""
 
-    reachable: bool
-    active: str | None = None
-    failed: dict[str, str] = field(default_factory=dict)  # version -> why
+    serving: str | None
+    registry: str  # "ok", "disabled", or why the SQL registry could not be read
+    versions: list[VersionOverview]
+    workers: list[dict[str, Any]]
 
 
 def startup_candidates(
@@ -94,17 +89,18 @@ class ModelService:
         broadcast: ModelBroadcast | None,
         worker: str,
         reconcile_seconds: float,
-        registry_timeout_seconds: float = 10.0,
+        registry_timeout_seconds: float,
         on_swap: Callable[[ServingModel], None] | None = None,
     ) -> None:
         self.holder = holder
         self.models_dir = models_dir
         self.device = device
-        self.sessions = sessions
+        self.registry = Registry(
+            sessions, models_dir=models_dir, timeout_seconds=registry_timeout_seconds
+        )
         self.broadcast = broadcast
         self.worker = worker
         self.reconcile_seconds = reconcile_seconds
-        self.registry_timeout_seconds = registry_timeout_seconds
         self._on_swap = on_swap
         # Serialises start / activate / follow so they never interleave in a worker.
         self._lock = threading.RLock()
@@ -118,10 +114,6 @@ class ModelService:
         # ACTIVE_MODEL served while SQL was down: recorded as active once SQL answers, unless
         # an activation recorded after this start supersedes it
         self._unrecorded_pin: tuple[str, datetime] | None = None
-        # versions that broke an invariant while serving -> the reason, until SQL records it
-        self._fault_lock = threading.Lock()
-        self._faulted: set[str] = set()
-        self._pending_fault_marks: dict[str, str] = {}
         self.last_reconcile: float | None = None
         self._swaps = 0  # models swapped in so far: a registry read older than a swap is stale
 
@@ -133,7 +125,7 @@ class ModelService:
         loadable version the worker starts unready and says why."""
         self._pinned = pinned
         with self._lock:
-            registry = self._register_run_dirs()
+            registry = self.registry.register_run_dirs()
             announced = None
             if not registry.reachable and self.broadcast is not None:
                 announced = self.broadcast.announced_version()
@@ -163,25 +155,33 @@ class ModelService:
                 refusals.append(f"loading {version!r} failed: {error}")
                 self._refused_at_start.add(version)
                 if isinstance(error, CheckpointError):
-                    self._record_failure(version, message=str(error))
+                    self.registry.record_failure(version, message=str(error))
                 continue
             self._startup_error = None
             if refusals:
                 logger.warning("serving %s after refusing: %s", version, "; ".join(refusals))
-            if version in registry.failed:
-                # the last resort: better a model that failed some requests than none; its
-                # failed mark stays until an operator activates it or another version
-                logger.warning("serving %s although it is marked failed", version)
-            elif not registry.reachable:
-                if version == self._pinned:
-                    self._unrecorded_pin = (version, datetime.now(UTC))
-            elif registry.active != version:
-                self._record_start(serving, pinned=version == self._pinned)
+            self._record_start(serving, registry=registry)
             self._swap(serving)
             return True
         self._startup_error = "; ".join(refusals)
         logger.error("no model served %s: %s", when, self._startup_error)
         return False
+
+    def _record_start(self, serving: ServingModel, *, registry: RegistryView) -> None:
+        """Best effort: the version served at start as the registry's active one (a start
+        cannot answer 503); a pinned one SQL cannot record now is recorded by the reconcile
+        once SQL answers."""
+        version = serving.version
+        if version in registry.failed:
+            # the last resort: better a model that failed some requests than none; its
+            # failed mark stays until an operator activates it or another version
+            logger.warning("serving %s although it is marked failed", version)
+            return
+        recorded = registry.reachable and (
+            registry.active == version or self.registry.record_start(serving)
+        )
+        if not recorded and version == self._pinned:
+            self._unrecorded_pin = (version, datetime.now(UTC))
 
     # --- activate ---------------------------------------------------------------------------
 
@@ -197,11 +197,11 @@ class ModelService:
                 serving = self._load(version)
             except CheckpointError as error:
                 if version != previous:
-                    self._record_failure(version, message=str(error))
+                    self.registry.record_failure(version, message=str(error))
                 raise ModelRefusedError(
                     f"version {version!r} refused, still serving {previous!r}: {error}"
                 ) from error
-            self._record_active(serving, previous=previous)
+            self.registry.record_active(serving, previous=previous)
             self._failed_version = None
             self._unrecorded_pin = None
             self._swap(serving)
@@ -240,25 +240,10 @@ class ModelService:
     # --- faults while serving ---------------------------------------------------------------
 
     def report_fault(self, fault: ModelFaultError) -> None:
-        """A served version broke an invariant on a request: mark it failed in the registry,
-        once per version, off the request's thread (a mark the database refuses is retried by
-        the reconcile loop). The version keeps answering the requests it can; a restart skips
-        it (see `start`)."""
-        with self._fault_lock:
-            if fault.version in self._faulted:
-                return
-            self._faulted.add(fault.version)
-            self._pending_fault_marks[fault.version] = fault.detail
-        threading.Thread(target=self.flush_fault_marks, name="model-fault", daemon=True).start()
-
-    def flush_fault_marks(self) -> None:
-        """Write the pending failed marks to the registry; those it refuses stay pending."""
-        with self._fault_lock:
-            pending = dict(self._pending_fault_marks)
-        for version, message in pending.items():
-            if self._record_failure(version, message=message):
-                with self._fault_lock:
-                    self._pending_fault_marks.pop(version, None)
+        """A served version broke an invariant on a request: mark it failed in the registry
+        (once, off the request's thread; a mark SQL refuses is retried by the reconcile). The
+        version keeps answering the requests it can; a restart skips it (see `start`)."""
+        self.registry.mark_fault(fault.version, reason=fault.detail)
 
     def reconcile(self) -> None:
         """Follow the registry's active version (repairs missed announcements); while SQL is
@@ -266,18 +251,18 @@ class ModelService:
         key must not undo it). A worker serving nothing while no version is active serves the
         startup choice once one is on disk, so a model trained after start-up (compose: `up`
         before `train`) is served without a reload."""
-        self.flush_fault_marks()
+        self.registry.flush_fault_marks()
         swaps = self._swaps
-        registry = self.registry_view()
+        registry = self.registry.view()
         if registry.reachable and self._unrecorded_pin is not None:
             self._record_unrecorded_pin(registry)
-            registry = self.registry_view()
+            registry = self.registry.view()
         desired = registry.active if registry.reachable else None
-        if self.sessions is None and self.broadcast is not None:
+        if not self.registry.enabled and self.broadcast is not None:
             desired = self.broadcast.announced_version()  # no registry: Redis is the record
         if desired is not None:
             self.follow(desired, read_at_swap=swaps)
-        elif self.holder.current is None and (registry.reachable or self.sessions is None):
+        elif self.holder.current is None and (registry.reachable or not self.registry.enabled):
             self._adopt_startup_choice(registry)
         self.last_reconcile = time.time()
         self._write_status()
@@ -297,21 +282,6 @@ class ModelService:
                 candidates, registry=registry, when="with versions found after start-up"
             ):
                 logger.info("serving a version found after start-up")
-
-    def registry_view(self) -> RegistryView:
-        """The registry's active and failed versions; `reachable` False when SQL is down or
-        not configured."""
-        if self.sessions is None:
-            return RegistryView(reachable=False)
-        try:
-            return RegistryView(
-                reachable=True,
-                active=crud.active_version(self.sessions),
-                failed=crud.failed_versions(self.sessions),
-            )
-        except Exception as error:  # DB down: the caller changes nothing
-            logger.debug("registry unavailable for reconcile: %s", first_line(error))
-            return RegistryView(reachable=False)
 
     def run_background(self) -> None:
         """Start the reconcile loop and, with Redis, the announcement listener."""
@@ -366,41 +336,13 @@ class ModelService:
             return [self.status()]
         return self.broadcast.workers(self.status())
 
-    def overview(self) -> ModelsResponse:
+    def overview(self) -> ModelsOverview:
         """Versions in the registry and on disk, which one this worker serves, every worker."""
         current = self.holder.current
         serving = current.version if current is not None else None
-        on_disk = list_versions(self.models_dir)
-        found: dict[str, VersionInfo] = {}
-        registry = "disabled" if self.sessions is None else "ok"
-        if self.sessions is not None:
-            try:
-                records = crud.registered_versions(self.sessions)
-            except Exception as error:  # the registry is optional: list what is on disk
-                records = []
-                registry = f"unavailable: {first_line(error)}"
-            for record in records:
-                found[record.name] = VersionInfo(
-                    name=record.name,
-                    status=record.status,
-                    serving=record.name == serving,
-                    on_disk=record.name in on_disk,
-                    sha256=record.sha256,
-                    metrics=record.metrics,
-                    message=record.message,
-                    created_at=record.created_at,
-                    activated_at=record.activated_at,
-                )
-        for name in on_disk:
-            if name not in found:
-                found[name] = VersionInfo(
-                    name=name, status="unregistered", serving=name == serving, on_disk=True
-                )
-        return ModelsResponse(
-            serving=serving,
-            registry=registry,
-            versions=list(found.values()),
-            workers=self.workers(),
+        registry, versions = self.registry.overview(serving=serving)
+        return ModelsOverview(
+            serving=serving, registry=registry, versions=versions, workers=self.workers()
         )
 
     # --- the steps --------------------------------------------------------------------------
@@ -422,124 +364,17 @@ class ModelService:
         self._last_error = None
         return serving
 
-    def _record_active(self, serving: ServingModel, *, previous: str | None) -> None:
-        """`serving` as the registry's active version, confirmed by SQL within
-        REGISTRY_TIMEOUT_SECONDS, else RegistryUnavailableError; then the catalog (best
-        effort: the service reads its catalog from the model, never from SQL)."""
-        sessions = self.sessions
-        if sessions is None:
-            return
-        try:
-            call_with_deadline(
-                lambda: crud.mark_active(
-                    sessions, name=serving.version, path=serving.run_dir, manifest=serving.manifest
-                ),
-                seconds=self.registry_timeout_seconds,
-            )
-        except Exception as error:
-            raise RegistryUnavailableError(
-                f"version {serving.version!r} verified but not activated: the model registry "
-                f"could not record it ({first_line(error)}); still serving {previous!r}. "
-                "Nothing was changed; retry when the database is back."
-            ) from error
-        self._refresh_catalog(serving)
-
-    def _record_start(self, serving: ServingModel, *, pinned: bool) -> None:
-        """Best effort at start: `serving` as the active version; a pinned version that SQL
-        cannot record now is recorded by the reconcile once SQL answers."""
-        if self.sessions is None:
-            return
-        try:
-            crud.mark_active(
-                self.sessions, name=serving.version, path=serving.run_dir, manifest=serving.manifest
-            )
-        except Exception as error:  # a start never fails for the registry's sake
-            logger.warning("could not record %s in the registry: %s", serving.version, error)
-            if pinned:
-                self._unrecorded_pin = (serving.version, datetime.now(UTC))
-            return
-        self._refresh_catalog(serving)
-
     def _record_unrecorded_pin(self, registry: RegistryView) -> None:
-        if self._unrecorded_pin is None or self.sessions is None:
+        if self._unrecorded_pin is None:
             return
-        version, started = self._unrecorded_pin
+        version, since = self._unrecorded_pin
         current = self.holder.current
-        if current is None or current.version != version:
+        if (
+            current is None
+            or current.version != version
+            or self.registry.record_pin(current, since=since, active=registry.active)
+        ):
             self._unrecorded_pin = None
-            return
-        try:
-            if registry.active != version and not crud.activated_since(self.sessions, started):
-                crud.mark_active(
-                    self.sessions, name=version, path=current.run_dir, manifest=current.manifest
-                )
-        except Exception as error:
-            logger.debug("pinned version %s still not recorded: %s", version, first_line(error))
-            return
-        self._unrecorded_pin = None
-        self._refresh_catalog(current)
-
-    def _refresh_catalog(self, serving: ServingModel) -> None:
-        if self.sessions is None:
-            return
-        rows = [
-            crud.CatalogRow(item_id=item, name=name, url=url, popularity=float(popularity))
-            for item, name, url, popularity in zip(
-                serving.items,
-                serving.names,
-                serving.urls,
-                serving.popularity.tolist(),
-                strict=True,
-            )
-        ]
-        try:
-            crud.refresh_catalog(self.sessions, rows=rows)
-        except Exception as error:  # the DB is optional for serving: log and go on
-            logger.warning("could not store the catalog of %s: %s", serving.version, error)
-
-    def _record_failure(self, version: str, *, message: str) -> bool:
-        """Best effort: `version` marked failed with `message` (and its manifest's sha256 when
-        it reads, so a restart keeps the mark); False when SQL refused."""
-        if self.sessions is None:
-            return True
-        run_dir = self.models_dir / version
-        try:
-            manifest: dict[str, Any] | None = read_manifest(run_dir)
-        except CheckpointError:
-            manifest = None
-        try:
-            crud.mark_failed(
-                self.sessions, name=version, path=run_dir, message=message, manifest=manifest
-            )
-        except Exception as error:
-            logger.warning("could not record failed version %s: %s", version, first_line(error))
-            return False
-        return True
-
-    def _register_run_dirs(self) -> RegistryView:
-        """Register every run directory in SQL; returns the registry's view (unreachable
-        without a database, or when it is down: logged, the service runs without it)."""
-        if self.sessions is None:
-            return RegistryView(reachable=False)
-        try:
-            for name in list_versions(self.models_dir):
-                run_dir = self.models_dir / name
-                try:
-                    manifest: dict[str, Any] | None = read_manifest(run_dir)
-                    error = None
-                except CheckpointError as failure:
-                    manifest, error = None, str(failure)
-                crud.register_version(
-                    self.sessions, name=name, path=run_dir, manifest=manifest, error=error
-                )
-        except Exception as error:
-            logger.error(
-                "model registry unavailable (%s); serving without it. Run `tanp-serve migrate` "
-                "or set MIGRATE_ON_START=1 if the schema is missing",
-                first_line(error),
-            )
-            return RegistryView(reachable=False)
-        return self.registry_view()
 
     def _swap(self, serving: ServingModel) -> None:
         self._swaps += 1
@@ -555,24 +390,3 @@ class ModelService:
     def _write_status(self) -> None:
         if self.broadcast is not None:
             self.broadcast.write_status(self.status())
-
-
-def call_with_deadline(function: Callable[[], object], *, seconds: float) -> None:
-    """Run `function` in a daemon thread and wait at most `seconds` for it: its exception is
-    raised here, and TimeoutError when it has not returned (a hung database connection never
-    holds an admin call, or the lifecycle lock, for longer)."""
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            function()
-        except BaseException as error:
-            failure.append(error)
-
-    thread = threading.Thread(target=run, name="registry-write", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    if failure:
-        raise failure[0]

@@ -24,7 +24,8 @@ from app.errors import (
     RegistryUnavailableError,
     UnknownVersionError,
 )
-from app.lifecycle.service import ModelService, RegistryView, startup_candidates
+from app.lifecycle.registry import RegistryView
+from app.lifecycle.service import ModelService, startup_candidates
 from app.serving.model import ModelHolder, ServingModel
 from app.storage.crud import (
     active_version,
@@ -59,6 +60,7 @@ def make_service(models: Path, sessions: SessionFactory | None, swapped: list[st
         broadcast=None,
         worker="test-host:1",
         reconcile_seconds=60,
+        registry_timeout_seconds=10,
         on_swap=on_swap,
     )
 
@@ -226,7 +228,7 @@ def test_a_broken_active_version_is_tried_once_and_the_old_model_keeps_serving(
 
 def test_without_a_database_or_redis_there_is_no_desired_version(tmp_path: Path) -> None:
     service = make_service(tmp_path / "no-models-yet", None, [])
-    assert service.registry_view() == RegistryView(reachable=False)
+    assert service.registry.view() == RegistryView(reachable=False)
     service.reconcile()  # nothing to follow, nothing on disk, nothing raised
     assert service.holder.current is None
     assert service.overview().registry == "disabled"
@@ -343,7 +345,7 @@ def test_a_hung_registry_bounds_the_reload_and_changes_nothing(
 ) -> None:
     outage = Outage(sessions)
     service = make_service(models, cast(SessionFactory, outage), [])
-    service.registry_timeout_seconds = 0.2
+    service.registry.timeout_seconds = 0.2
     service.start(pinned="v1")
     outage.hung.set()
     try:
@@ -416,7 +418,7 @@ def test_a_version_that_failed_while_serving_stays_failed_across_a_restart(
     service.start(pinned=None)
     assert serving_version(service) == "v2"
     service.report_fault(ModelFaultError(version="v2", reason="non-finite scores", kind="x"))
-    service.flush_fault_marks()
+    service.registry.flush_fault_marks()
 
     restarted = make_service(models, sessions, [])
     restarted.start(pinned=None)
@@ -465,13 +467,13 @@ def test_a_registry_read_overtaken_by_an_announcement_does_not_undo_it(
     follower = make_service(models, sessions, [])
     follower.start(pinned=None)
     assert serving_version(follower) == "v1"
-    stale = follower.registry_view()
+    stale = follower.registry.view()
 
     def read_while_v2_is_announced() -> RegistryView:
         mark_active(sessions, name="v2", path=models / "v2", manifest={})
         follower.follow("v2")  # the pub/sub message, handled while the read was in flight
         return stale
 
-    monkeypatch.setattr(follower, "registry_view", read_while_v2_is_announced)
+    monkeypatch.setattr(follower.registry, "view", read_while_v2_is_announced)
     follower.reconcile()
     assert serving_version(follower) == "v2"

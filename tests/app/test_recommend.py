@@ -223,7 +223,7 @@ def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_fa
         client.get("/metrics").text
     )
     state = state_of(client)
-    state.models.flush_fault_marks()
+    state.models.registry.flush_fault_marks()
     record = {r.name: r for r in registered_versions(state.database.sessions)}["poisoned"]
     assert record.status == "failed" and "non-finite scores" in (record.message or "")
     # the other requests are still answered by the same model

@@ -44,7 +44,7 @@ def list_models(request: Request, models: ModelServiceDep) -> ModelsResponse:
     """Versions on disk and in the registry, which one this worker serves, every worker's."""
     overview = models.overview()
     request.state.audit_message = f"{len(overview.versions)} versions"
-    return overview
+    return ModelsResponse.model_validate(overview)
 
 
 @router.post("/models/reload", response_model=ActivateResponse, responses=_ACTIVATE_RESPONSES)
