@@ -268,7 +268,7 @@ def breakdown(
     cache = TaskStateCache(timed, prefix=f"bench{os.getpid()}")
     database = open_database(database_url, migrate=True)
     spool = Path(tempfile.mkdtemp(prefix="tanp-bench-spool-"))
-    log = SqlRequestLog(database.sessions, spool_dir=spool)
+    log = SqlRequestLog(database.sessions, spool_dir=spool, spool_max_bytes=2**28)
     bodies = [json.dumps({"support": s, "k": 10}).encode() for s in supports]
     rows: dict[str, list[float]] = {}
     for label in ("miss", "hit"):

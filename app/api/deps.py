@@ -19,7 +19,6 @@ from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.state import ServiceState
 
-RETRY_AFTER_SECONDS = 5
 ACTOR_TOKEN = "token"
 ACTOR_ANONYMOUS = "anonymous"
 
@@ -27,9 +26,7 @@ ACTOR_ANONYMOUS = "anonymous"
 async def get_state(request: Request) -> ServiceState:
     state: ServiceState | None = getattr(request.app.state, "service", None)
     if state is None:  # only before the lifespan ran (or when a server disabled it)
-        raise ModelUnavailableError(
-            "the service is still starting", retry_after_seconds=RETRY_AFTER_SECONDS
-        )
+        raise ModelUnavailableError("the service is still starting")
     return state
 
 
@@ -40,9 +37,7 @@ async def get_serving_model(state: StateDep) -> ServingModel:
     """The model this request uses from start to end: `holder.current`, read once."""
     serving = state.holder.current
     if serving is None:
-        raise ModelUnavailableError(
-            state.models.unavailable_reason(), retry_after_seconds=RETRY_AFTER_SECONDS
-        )
+        raise ModelUnavailableError(state.models.unavailable_reason())
     return serving
 
 

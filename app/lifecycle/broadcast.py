@@ -23,7 +23,6 @@ import redis
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "tanp:"
 REDIS_CONNECT_TIMEOUT_SECONDS = 1.0
 REDIS_SOCKET_TIMEOUT_SECONDS = 2.0
 
@@ -42,7 +41,7 @@ class ModelBroadcast:
         redis_url: str,
         worker: str,
         reconcile_seconds: float,
-        key_prefix: str = DEFAULT_PREFIX,
+        key_prefix: str,
     ) -> None:
         self.worker = worker
         # A worker that missed about three reconcile rounds is gone.

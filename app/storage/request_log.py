@@ -3,7 +3,6 @@
 `RequestLogSink` is the interface the recommender writes to; `SqlRequestLog` is the sink the
 lifespan wires in: a `SpooledSqlWriter` of `request_log` rows, so a slow or dead database never
 delays or fails a recommendation and an outage of minutes loses no row (`app.storage.spool`).
-`NullRequestLog` keeps nothing (unit tests).
 """
 
 from __future__ import annotations
@@ -35,13 +34,6 @@ class RequestLogSink(Protocol):
     def record(self, entry: RequestLogEntry) -> None:
         """Accept one entry; must return quickly (queue, do not write inline)."""
         ...
-
-
-class NullRequestLog:
-    """Keeps nothing."""
-
-    def record(self, entry: RequestLogEntry) -> None:
-        return None
 
 
 class SqlRequestLog(SpooledSqlWriter):

@@ -286,7 +286,7 @@ class SpooledSqlWriter:
         session_factory: SessionFactory,
         *,
         spool_dir: Path | None = None,
-        spool_max_bytes: int = 256 * 1024 * 1024,
+        spool_max_bytes: int,
         capacity: int = 10_000,
         flush_seconds: float = 0.2,
         max_backoff_seconds: float = 5.0,

@@ -11,12 +11,14 @@ from app.storage.audit_log import AuditLog
 from app.storage.db import make_engine, make_session_factory, run_migrations
 from app.storage.tables import AdminAudit
 
+SPOOL_BYTES = 1 << 20  # REQUEST_LOG_SPOOL_BYTES of these tests
+
 
 def test_audit_rows_wait_out_an_outage_and_land(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'audit.db'}"
     sessions = make_session_factory(make_engine(url))  # no tables yet: the database is "down"
-    log = AuditLog(sessions, spool_dir=tmp_path / "spool", flush_seconds=0.02,
-                   max_backoff_seconds=0.05)  # fmt: skip
+    log = AuditLog(sessions, spool_dir=tmp_path / "spool", spool_max_bytes=SPOOL_BYTES,
+                   flush_seconds=0.02, max_backoff_seconds=0.05)  # fmt: skip
     log.record(
         actor="token",
         action="reload_model",

@@ -17,6 +17,7 @@ def broadcast() -> ModelBroadcast:
         redis_url=f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         worker="here:1",
         reconcile_seconds=5,
+        key_prefix="tanp-test:",
     )
 
 

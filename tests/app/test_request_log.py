@@ -21,6 +21,8 @@ from app.storage.spool import DiskSpool, MemorySpool
 from app.storage.tables import RequestLogRow
 from tests.support.polling import wait_for
 
+SPOOL_BYTES = 1 << 20  # REQUEST_LOG_SPOOL_BYTES of these tests
+
 
 @pytest.fixture
 def sessions(tmp_path: Path) -> SessionFactory:
@@ -47,7 +49,9 @@ def logged_ids(sessions: SessionFactory) -> list[str]:
 def test_request_log_writes_rows_in_the_background(
     sessions: SessionFactory, tmp_path: Path
 ) -> None:
-    log = SqlRequestLog(sessions, spool_dir=tmp_path / "spool", flush_seconds=0.02)
+    log = SqlRequestLog(
+        sessions, spool_dir=tmp_path / "spool", spool_max_bytes=SPOOL_BYTES, flush_seconds=0.02
+    )
     for number in range(50):
         log.record(entry(number, fallback="popularity" if number == 0 else None))
     assert log.flush(timeout=10)
@@ -81,8 +85,8 @@ def test_rows_recorded_while_the_database_is_down_land_when_it_returns(
     if spool == "memory":
         spool_dir.write_text("a file where the folder should be")  # unusable: memory spool
     log = SqlRequestLog(
-        sessions, spool_dir=spool_dir, flush_seconds=0.02, max_backoff_seconds=0.05,
-        on_failure=failures.append,
+        sessions, spool_dir=spool_dir, spool_max_bytes=SPOOL_BYTES, flush_seconds=0.02,
+        max_backoff_seconds=0.05, on_failure=failures.append,
     )  # fmt: skip
     assert isinstance(log.spool, DiskSpool if spool == "disk" else MemorySpool)
     for number in range(6):
@@ -126,6 +130,7 @@ def test_the_memory_queue_is_bounded_when_the_spool_cannot_keep_up(tmp_path: Pat
     log = SqlRequestLog(
         make_session_factory(make_engine(url)),
         spool_dir=tmp_path / "spool",
+        spool_max_bytes=SPOOL_BYTES,
         capacity=3,
         flush_seconds=30,  # the spooler sleeps through the burst
     )
@@ -146,7 +151,7 @@ SPOOL_AND_DIE = textwrap.dedent(
 
     url, spool = sys.argv[1], Path(sys.argv[2])
     log = SqlRequestLog(make_session_factory(make_engine(url)), spool_dir=spool,
-                        flush_seconds=0.02, max_backoff_seconds=0.05)
+                        spool_max_bytes=2**20, flush_seconds=0.02, max_backoff_seconds=0.05)
     for number in range(30):
         log.record(RequestLogEntry(f"d{number}", "v1", 1, 10, 1.0, False, None))
     while log.spool.pending_rows() < 30 or log.failed == 0:
@@ -177,7 +182,9 @@ def test_rows_spooled_by_a_worker_killed_during_an_outage_are_written_by_the_nex
 
     run_migrations(url)
     sessions = make_session_factory(make_engine(url))
-    successor = SqlRequestLog(sessions, spool_dir=spool, flush_seconds=0.02)
+    successor = SqlRequestLog(
+        sessions, spool_dir=spool, spool_max_bytes=SPOOL_BYTES, flush_seconds=0.02
+    )
     assert successor.flush(timeout=10)
     successor.close()
     assert logged_ids(sessions) == sorted(f"d{number}" for number in range(30))

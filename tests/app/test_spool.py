@@ -13,6 +13,8 @@ from app.storage.request_log import SqlRequestLog
 from app.storage.spool import DiskSpool
 from app.storage.tables import RequestLogRow
 
+SPOOL_BYTES = 1 << 20  # REQUEST_LOG_SPOOL_BYTES of these tests
+
 
 def test_a_torn_spool_line_is_skipped_and_counted(tmp_path: Path) -> None:
     dropped: list[int] = []
@@ -35,7 +37,11 @@ def test_a_row_the_database_refuses_is_dropped_alone(tmp_path: Path) -> None:
     sessions = migrated_sqlite(tmp_path / "log.db")[1]
     dropped: list[int] = []
     log = SqlRequestLog(
-        sessions, spool_dir=tmp_path / "spool", flush_seconds=0.02, on_drop=dropped.append
+        sessions,
+        spool_dir=tmp_path / "spool",
+        spool_max_bytes=SPOOL_BYTES,
+        flush_seconds=0.02,
+        on_drop=dropped.append,
     )
     good = {
         "model_version": "v1", "support_size": 1, "k": 10, "latency_ms": 1.0,
