@@ -171,7 +171,7 @@ class Registry:
         if self.sessions is None:
             return
         rows = [
-            crud.CatalogRow(item_id=item, name=name, url=url, popularity=float(popularity))
+            crud.CatalogRecord(item_id=item, name=name, url=url, popularity=float(popularity))
             for item, name, url, popularity in zip(
                 serving.items,
                 serving.names,

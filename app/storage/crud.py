@@ -18,7 +18,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.storage.db import SessionFactory
-from app.storage.tables import CatalogItem, ModelVersion
+from app.storage.tables import CatalogItemRow, ModelVersion
 
 STATUS_AVAILABLE = "available"
 STATUS_ACTIVE = "active"
@@ -41,7 +41,9 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
-class CatalogRow:
+class CatalogRecord:
+    """A catalog row as plain data."""
+
     item_id: str
     name: str | None
     url: str | None
@@ -198,27 +200,29 @@ def _upsert(
 # --- item catalog --------------------------------------------------------------------------
 
 
-def catalog_rows(sessions: SessionFactory) -> list[CatalogRow]:
+def catalog_rows(sessions: SessionFactory) -> list[CatalogRecord]:
     """The stored catalog, ordered by item id."""
     with sessions() as session:
-        rows = session.scalars(select(CatalogItem).order_by(CatalogItem.item_id)).all()
+        rows = session.scalars(select(CatalogItemRow).order_by(CatalogItemRow.item_id)).all()
         return [
-            CatalogRow(item_id=row.item_id, name=row.name, url=row.url, popularity=row.popularity)
+            CatalogRecord(
+                item_id=row.item_id, name=row.name, url=row.url, popularity=row.popularity
+            )
             for row in rows
         ]
 
 
-def replace_catalog(sessions: SessionFactory, *, rows: list[CatalogRow]) -> int:
+def replace_catalog(sessions: SessionFactory, *, rows: list[CatalogRecord]) -> int:
     """Replace the whole catalog with `rows`; returns how many were written."""
     values = [asdict(row) for row in rows]
     with sessions.begin() as session:
-        session.execute(delete(CatalogItem))
+        session.execute(delete(CatalogItemRow))
         for start in range(0, len(values), CATALOG_BATCH):
-            session.execute(insert(CatalogItem), values[start : start + CATALOG_BATCH])
+            session.execute(insert(CatalogItemRow), values[start : start + CATALOG_BATCH])
     return len(values)
 
 
-def refresh_catalog(sessions: SessionFactory, *, rows: list[CatalogRow]) -> bool:
+def refresh_catalog(sessions: SessionFactory, *, rows: list[CatalogRecord]) -> bool:
     """`replace_catalog` unless the catalog already holds exactly `rows`; True when written."""
     if catalog_rows(sessions) == sorted(rows, key=lambda row: row.item_id):
         return False

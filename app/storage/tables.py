@@ -50,7 +50,7 @@ class ModelVersion(Base):
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class CatalogItem(Base):
+class CatalogItemRow(Base):
     """An item the service can recommend, keyed by the dataset's own external id."""
 
     __tablename__ = "catalog_items"

@@ -9,7 +9,7 @@ import pytest
 from model_versions import migrated_sqlite
 
 from app.storage.crud import (
-    CatalogRow,
+    CatalogRecord,
     active_version,
     catalog_rows,
     failed_versions,
@@ -108,9 +108,9 @@ def test_model_version_rows_have_unique_names(sessions: SessionFactory) -> None:
 
 
 ROWS = [
-    CatalogRow(item_id="a1", name="Artist 1", url="http://www.last.fm/music/1", popularity=2.0),
-    CatalogRow(item_id="a0", name="Artist 0", url=None, popularity=5.0),
-    CatalogRow(item_id="b9", name=None, url=None, popularity=0.0),
+    CatalogRecord(item_id="a1", name="Artist 1", url="http://www.last.fm/music/1", popularity=2.0),
+    CatalogRecord(item_id="a0", name="Artist 0", url=None, popularity=5.0),
+    CatalogRecord(item_id="b9", name=None, url=None, popularity=0.0),
 ]
 
 
@@ -123,6 +123,6 @@ def test_the_catalog_is_replaced_whole(sessions: SessionFactory) -> None:
 def test_refresh_writes_only_when_the_catalog_differs(sessions: SessionFactory) -> None:
     assert refresh_catalog(sessions, rows=ROWS) is True
     assert refresh_catalog(sessions, rows=list(reversed(ROWS))) is False
-    renamed = [ROWS[0], ROWS[1], CatalogRow(item_id="b9", name="B", url=None, popularity=0.0)]
+    renamed = [ROWS[0], ROWS[1], CatalogRecord(item_id="b9", name="B", url=None, popularity=0.0)]
     assert refresh_catalog(sessions, rows=renamed) is True
     assert {row.item_id: row.name for row in catalog_rows(sessions)}["b9"] == "B"
