@@ -1,9 +1,7 @@
-"""The FastAPI application: `create_app(settings)` and the lifespan that owns its resources.
-
-The lifespan builds one `ServiceState` off the event loop (cache, database, request-log writer,
-model holder and lifecycle, recommender), starts the startup model and the model threads, and
-closes everything at shutdown. A missing or broken model does not stop the app: it starts,
-`/livez` answers, `/readyz` and `/v1/recommend` say 503 with the reason.
+"""The FastAPI application: `create_app(settings)` and the lifespan that builds one
+`ServiceState` (off the event loop), starts the startup model and the model threads, and closes
+everything at shutdown. A missing or broken model does not stop the app: `/livez` answers,
+`/readyz` and `/v1/recommend` say 503 with the reason.
 """
 
 from __future__ import annotations

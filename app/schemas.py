@@ -1,9 +1,7 @@
 """Request and response bodies of the public and admin API (SPEC section 6), with examples.
-
-Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
-the label range, the catalog) are checked by `app.serving` and raise `app.errors` exceptions.
-Request bodies are validated strictly: JSON's types as the schema states them (`true` is not the
-number 1, `5.0` is not the integer 5).
+Static bounds live here; those that depend on settings or on the loaded model are checked by
+`app.serving.pipeline`. Request bodies are validated strictly: JSON's types as the schema states
+them (`true` is not the number 1, `5.0` is not the integer 5).
 """
 
 from __future__ import annotations

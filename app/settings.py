@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     # sessions) sharing one Redis server separate themselves with it.
     broadcast_prefix: str = "tanp:"
     # One intra-op thread per request: on a few cores, concurrent requests each asking torch
-    # for every core oversubscribe the CPU (measured: p50 6.8 ms at 1 thread, 37 ms at 2).
-    # 0 keeps torch's default. Applied by the server entry point, not by create_app.
+    # for every core oversubscribe the CPU and wait on each other. 0 keeps torch's default.
+    # Applied by the server entry point, not by create_app.
     torch_threads: int = Field(default=1, ge=0)
 
     @field_validator("cors_origins", mode="before")

@@ -1,10 +1,7 @@
-"""The Redis side of keeping every worker and replica on the active model version.
-
-`ModelBroadcast.publish` sets the key `tanp:active_model` and announces the version on the
-channel `tanp:models`; `listen` (one thread per worker) hands every version another worker
-announced to a callback. Each worker's status lives in the hash `tanp:workers` for /health.
-Every Redis failure is logged and survived. Knows nothing about loading models or SQL: what to do
-with an announced version is `app.lifecycle.service`'s job.
+"""The Redis side of keeping every worker and replica on the active model version: `publish` (the
+key `tanp:active_model` and the channel `tanp:models`), `listen` (versions other workers
+announced, handed to a callback), each worker's status in the hash `tanp:workers`. Every Redis
+failure is logged and survived. Knows nothing about loading models or SQL.
 """
 
 from __future__ import annotations

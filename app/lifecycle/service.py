@@ -1,19 +1,7 @@
-"""The model lifecycle of one worker: start, activate (admin reload), follow (other workers).
-
-Every path goes through the same steps: resolve the version name under MODELS_DIR
-(`app.lifecycle.versions`), load it beside the current model and verify it (sha256, shapes, values,
-manifest probe), record it in SQL (active version, catalog), swap it in, announce it.
-
-The SQL registry is the record of what the API acknowledged. `activate` answers only once SQL
-holds the new active version: when the registry cannot record it (down, or no answer within
-REGISTRY_TIMEOUT_SECONDS) it raises `RegistryUnavailableError` (503) and changes nothing, so no
-acknowledged reload is ever undone by a worker that reads the registry later. `follow` (a
-version another worker announced, or the registry's active version found by the reconcile loop)
-only loads, verifies and swaps. While SQL is unreachable the reconcile changes nothing.
-`start` takes ACTIVE_MODEL alone when it is set, else the first version that verifies among:
-the registry's active one, the last announced one (Redis; only while SQL is down), then the run
-directories newest first, versions marked failed last. A refused version leaves the old model
-serving and is marked failed; a failed mark survives restarts.
+"""`ModelService`: which model this worker serves. Start, activate (admin reload), follow (other
+workers' announcements) and the reconcile loop, each through the same steps: resolve, load
+beside and verify, record in SQL, swap, announce. The protocol (start order, what the registry's
+record means, faults): docs/lifecycle.md.
 """
 
 from __future__ import annotations

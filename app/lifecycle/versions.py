@@ -1,10 +1,7 @@
-"""Version names: a version is the name of a run directory directly under MODELS_DIR.
-
-The one place that validates a name and turns it into a path: never a URL, never a path,
-never a symlink or anything else that leads out of MODELS_DIR (the folder, its manifest or its
-weights). Refusals are `ServingError`s
-(400 for a name that is not one, 404 for a name with no run directory). Knows nothing about
-loading models.
+"""Version names: a version is the name of a run directory directly under MODELS_DIR. The one
+place that validates a name and turns it into a path: never a URL, a path or a link that leads
+out of MODELS_DIR (`InvalidVersionError`, 400); a name without a run directory is
+`UnknownVersionError` (404). Knows nothing about loading models.
 """
 
 from __future__ import annotations

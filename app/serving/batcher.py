@@ -1,10 +1,7 @@
-"""Dynamic micro-batching: concurrent callers' items run through one blocking call together.
-
-`MicroBatcher.submit` is awaited on the event loop. While no batch runs, an item starts one at
-once (no added latency when the server is idle); items that arrive while a batch runs wait and
-go together, up to `max_batch`, into the next one. Batches run one at a time on a thread of
-their own, so the event loop keeps reading requests meanwhile and each batch costs one thread
-hop, not one per request. Knows nothing about what the items are.
+"""Dynamic micro-batching: concurrent callers' items run through one blocking call together. An
+item that finds no batch running starts one at once; items that arrive meanwhile go together, up
+to `max_batch`, into the next. Batches run one at a time on a thread of their own, so the event
+loop keeps reading requests and a batch costs one thread hop. Knows nothing about the items.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Task-embedding cache: canonical support set -> `TaskState` (SPEC section 7).
-
-`TaskStateCache` owns the key (`tanp:{model_version}:{support digest}`) and the value format
-(`tanp.scoring.pack_state`: a header plus raw float32, never pickle) over a byte store: `RedisCache`
-(REDIS_URL set) or `MemoryCache` (a bounded, thread-safe LRU with TTL). A store failure or a
-malformed value is a miss, counted and logged, never an error response. Knows nothing about
-HTTP or the model beyond the key's version string.
+"""Task-embedding cache (SPEC section 7): key `tanp:{model_version}:{support digest}`, value
+`tanp.scoring.pack_state`'s bytes (never pickle), over Redis (`RedisCache`) or an in-process LRU
+with a TTL (`MemoryCache`). A store failure or a malformed value is a miss, counted and logged,
+never an error response. Knows nothing about HTTP or the model beyond the key's version string.
 """
 
 from __future__ import annotations

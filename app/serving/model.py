@@ -1,10 +1,7 @@
-"""The serving model and the one atomically swapped reference to it.
-
-`ServingModel.load` builds everything the service reads from one verified run directory, once
-per load (never per request): the scorer, the config, item ids and their index, names, URLs,
-popularity and its ranking, and the casefolded search keys. `ModelHolder.current` is read once
-per request, so in-flight requests finish on the model they started with while a new one is
-swapped in. Knows nothing about version names, SQL or HTTP.
+"""The serving model and the one atomically swapped reference to it. `ServingModel.load` builds,
+once per load, everything the service reads from a verified run directory (scorer, ids and their
+index, names, URLs, popularity and its ranking, search keys); `ModelHolder.current` is read once
+per request, so requests in flight finish on their model while a new one is swapped in.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""SQL reads and writes of the model registry and the item catalog.
-
-Plain functions over a session factory with keyword-only data: model versions (one row per run
-directory, at most one `active`) and the catalog rows of the served model. Every
-function raises on database errors; callers decide how to degrade. Knows nothing about loading
-models, settings or HTTP (the request log and the admin audit have spooled writers of their own:
-`app.storage.request_log`, `app.storage.audit_log`).
+"""SQL reads and writes of the model registry (one row per run directory, at most one `active`)
+and of the served catalog: plain functions over a session factory with keyword-only data,
+raising on database errors (callers decide how to degrade). Knows nothing about loading models,
+settings or HTTP; the request log and the audit have spooled writers of their own.
 """
 
 from __future__ import annotations

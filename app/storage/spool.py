@@ -1,14 +1,7 @@
-"""Rows for SQL that must survive a database outage: a bounded spool and the writer that
-drains it.
-
-`SpooledSqlWriter.add` appends a row (a dict of one table's columns) to a bounded memory queue
-and returns at once; a spooler thread moves the queue into a `Spool` (JSON-lines segment files
-on disk, `DiskSpool`; in memory when no folder can be written, `MemorySpool`) and a writer
-thread inserts the oldest segment into SQL and deletes it once committed. While SQL is down the
-rows wait; they land, with their own timestamps, when it answers again. Rows are dropped, and
-counted, only past the bounds (the spool's bytes, the memory queue's rows) or when the database
-refuses the row itself. A worker that dies leaves its segments on disk; the next one to start
-with the same folder adopts them. Knows nothing about what the rows mean.
+"""Rows for SQL that must survive a database outage: `SpooledSqlWriter` (memory queue -> spool
+-> SQL, on two threads of its own), over segment files a later worker adopts (`DiskSpool`) or
+memory (`MemorySpool`); rows are dropped, and counted, only past the bounds. The protocol:
+docs/spool.md. Knows nothing about what the rows mean.
 """
 
 from __future__ import annotations

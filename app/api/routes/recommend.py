@@ -1,9 +1,7 @@
-"""`POST /v1/recommend` (and its alias `POST /recommend`): maps HTTP to `Recommender.recommend`.
-
-An `async def` route: the model work runs on the recommender's micro-batch thread, never on the
-event loop, and the answer is written as `RecommendResponse`'s JSON directly (no second model
-build and validation, no thread hop for it). The request uses the one `ServingModel` its
-dependency read, even if a reload swaps the holder meanwhile.
+"""`POST /v1/recommend` (and its alias `POST /recommend`): maps HTTP to
+`Recommender.recommend_async` and writes `RecommendResponse`'s JSON directly (no second model
+build and validation). The request uses the one `ServingModel` its dependency read, even if a
+reload swaps the holder meanwhile.
 """
 
 from __future__ import annotations
