@@ -1,7 +1,7 @@
 """The admin audit log: one row per admin call, allowed or refused, written through a spool.
 
 `AuditLog.record` never blocks and never fails the call it describes; rows recorded while the
-database is down wait in the spool (`app.storage.spool`) and land when it answers again, so a
+database is down wait in the spool (docs/spool.md) and land when it answers again, so a
 refused reload during an outage still leaves its audit row. Knows nothing about HTTP.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.storage.spool import SpooledSqlWriter
+from app.storage.spooled_writer import SpooledSqlWriter
 from app.storage.tables import AdminAudit
 
 

@@ -2,7 +2,7 @@
 
 `RequestLogSink` is the interface the recommender writes to; `SqlRequestLog` is the sink the
 lifespan wires in: a `SpooledSqlWriter` of `request_log` rows, so a slow or dead database never
-delays or fails a recommendation and an outage of minutes loses no row (`app.storage.spool`).
+delays or fails a recommendation and an outage of minutes loses no row (docs/spool.md).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from app.storage.spool import SpooledSqlWriter
+from app.storage.spooled_writer import SpooledSqlWriter
 from app.storage.tables import RequestLogRow
 
 REQUEST_ID_LENGTH = 64  # the request_log column
