@@ -1,13 +1,13 @@
 """The recommend path of one `ServingModel`: check a request, take its task state from the cache
-or encode it, score, rank; popularity for an empty support set. Scoring goes only through
-`tanp.scoring`; a refusal or a model that breaks an invariant is a `ServingError`, never a
-wrong ranking. Knows nothing about HTTP, metrics, the answer memo or the request log.
+or encode it, score and rank (`app.serving.ranking`), or rank by popularity for an empty support
+set. A refusal or a model that breaks an invariant is a `ServingError`, never a wrong ranking.
+Knows nothing about HTTP, metrics, the answer memo or the request log.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,12 +24,17 @@ from app.errors import (
 from app.schemas import RecommendRequest
 from app.serving.cache import TaskStateCache, support_digest
 from app.serving.model import ServingModel
+from app.serving.ranking import (
+    Ranking,
+    candidate_top,
+    popularity_top,
+    score_spread,
+    whole_catalog_tops,
+)
 from tanp.model import TaskState
-from tanp.scoring import rank, split_states, stack_states
+from tanp.scoring import split_states
 
 POPULARITY: Literal["popularity"] = "popularity"
-
-Ranking = tuple[np.ndarray, np.ndarray]  # (chosen item indices, their scores), best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +216,23 @@ def _score(
         if candidates is None:
             whole.append(index)
             continue
-        ranking = _candidate_top(model, state=state, request=request, candidates=candidates)
+        ranking = candidate_top(
+            model,
+            state=state,
+            candidates=candidates,
+            k=request.request.k,
+            excluded=request.excluded,
+        )
         outcomes[index] = _finish(
             model, request, state=state, ranking=ranking, cached=remembered[index], started=started
         )
-    for index, ranking in _whole_catalog_tops(model, checked=checked, states=states, among=whole):
+    rankings = whole_catalog_tops(
+        model,
+        states=[states[index] for index in whole],
+        ks=[checked[index].request.k for index in whole],
+        excluded=[checked[index].excluded for index in whole],
+    )
+    for index, ranking in zip(whole, rankings, strict=True):
         outcomes[index] = _finish(
             model,
             checked[index],
@@ -255,46 +272,6 @@ def _task_states(
     return states, [index not in encoded for index in range(len(checked))]
 
 
-def _whole_catalog_tops(
-    model: ServingModel,
-    *,
-    checked: list[CheckedRequest],
-    states: list[TaskState],
-    among: list[int],
-) -> Iterator[tuple[int, Ranking | ModelFaultError]]:
-    """The rankings over every catalog item of the requests `among`, as their decodes finish."""
-    scorer = model.scorer
-    # On CPU one task at a time: a (B, N, H) decode costs more per task than B decodes of one
-    # (one task's activations fit in L2, a batch's do not); on a GPU the batch is the point.
-    step = max(len(among), 1) if scorer.device.type == "cuda" else 1
-    for first in range(0, len(among), step):
-        chunk = among[first : first + step]
-        all_scores = scorer.scores(stack_states([states[i] for i in chunk])).cpu().numpy()  # (B, N)
-        for row, index in enumerate(chunk):
-            scores = all_scores[row]
-            if not np.isfinite(scores).all():
-                yield index, _non_finite(model)
-                continue
-            request = checked[index]
-            chosen = rank(scores, k=request.request.k, exclude=request.excluded)
-            yield index, (chosen, scores[chosen])
-
-
-def _candidate_top(
-    model: ServingModel, *, state: TaskState, request: CheckedRequest, candidates: np.ndarray
-) -> Ranking | ModelFaultError:
-    """The ranking among `candidates` only."""
-    if candidates.size == 0:
-        return candidates, np.zeros(0, dtype=np.float32)
-    candidate_tensor = torch.from_numpy(candidates).unsqueeze(0)  # (1, C)
-    scores = model.scorer.scores(state, candidates=candidate_tensor)[0].cpu().numpy()  # (C,)
-    if not np.isfinite(scores).all():
-        return _non_finite(model)
-    dropped = np.flatnonzero(np.isin(candidates, request.excluded))
-    positions = rank(scores, k=request.request.k, exclude=dropped)
-    return candidates[positions], scores[positions]
-
-
 def _finish(
     model: ServingModel,
     request: CheckedRequest,
@@ -312,7 +289,7 @@ def _finish(
     samples = request.request.uncertainty_samples
     if samples > 0 and chosen.size:
         try:
-            uncertainty = _uncertainty(
+            uncertainty = score_spread(
                 model, state=state, chosen=chosen, samples=samples, digest=request.digest
             )
         except ModelFaultError as fault:
@@ -331,7 +308,7 @@ def _finish(
 def _popularity_answer(
     model: ServingModel, request: CheckedRequest, *, started: float
 ) -> Recommendation:
-    chosen = _popularity_top(
+    chosen = popularity_top(
         model, excluded=request.excluded, candidates=request.candidates, k=request.request.k
     )
     scores = model.popularity[chosen] / model.top_popularity
@@ -390,40 +367,6 @@ def _scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError
     return fault
 
 
-def _non_finite(model: ServingModel) -> ModelFaultError:
-    return ModelFaultError(version=model.version, reason="non-finite scores", kind="non_finite")
-
-
 def _out_of_memory(error: BaseException) -> bool:
     """Memory exhaustion is the machine's trouble, not the model's: never marked as a fault."""
     return isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower()
-
-
-def _popularity_top(
-    model: ServingModel, *, excluded: np.ndarray, candidates: np.ndarray | None, k: int
-) -> np.ndarray:
-    if candidates is None:
-        order = model.popularity_order
-        return order[~np.isin(order, excluded)][:k]
-    dropped = np.flatnonzero(np.isin(candidates, excluded))
-    positions = rank(model.popularity[candidates], k=k, exclude=dropped)
-    return candidates[positions]
-
-
-def _uncertainty(
-    model: ServingModel, *, state: TaskState, chosen: np.ndarray, samples: int, digest: str
-) -> list[float]:
-    """Std over `samples` draws of z of each chosen item's score, seeded by the support set."""
-    scorer = model.scorer
-    generator = torch.Generator(device=scorer.device)
-    generator.manual_seed(int(digest[:15], 16))
-    sampled = scorer.sampled_scores(
-        state,
-        samples=samples,
-        candidates=torch.from_numpy(chosen).unsqueeze(0),
-        generator=generator,
-    )  # (S, 1, k)
-    spread = sampled[:, 0, :].std(dim=0, correction=0)
-    if not bool(torch.isfinite(spread).all()):
-        raise _non_finite(model)
-    return spread.cpu().tolist()
