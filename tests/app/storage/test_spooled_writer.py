@@ -1,6 +1,6 @@
-"""The SQL request-log writer: rows land off the hot path, wait in the spool while the database
-is down and land when it returns, survive a worker killed mid-outage, and are dropped (and
-counted) only past the spool's bound."""
+"""`SpooledSqlWriter` (as the request log): rows wait in the spool while the database is down
+and land when it returns, survive a worker killed mid-outage, are dropped (and counted) only
+past the bounds, and a row the database refuses is dropped alone."""
 
 from __future__ import annotations
 
@@ -9,68 +9,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from model_versions import migrated_sqlite
 from sqlalchemy import select
+from storage_helpers import SPOOL_BYTES, entry, logged_ids
 
-from app.storage.db import SessionFactory, make_engine, make_session_factory, run_migrations
-from app.storage.request_log import RequestLogEntry, SqlRequestLog
+from app.storage.db import make_engine, make_session_factory, run_migrations
+from app.storage.request_log import SqlRequestLog
 from app.storage.spool import DiskSpool, MemorySpool
 from app.storage.tables import RequestLogRow
 from tests.support.polling import wait_for
-
-SPOOL_BYTES = 1 << 20  # REQUEST_LOG_SPOOL_BYTES of these tests
-
-
-@pytest.fixture
-def sessions(tmp_path: Path) -> SessionFactory:
-    return migrated_sqlite(tmp_path / "log.db")[1]
-
-
-def entry(number: int, *, fallback: str | None = None) -> RequestLogEntry:
-    return RequestLogEntry(
-        request_id=f"r{number}",
-        model_version="v1",
-        support_size=number % 7,
-        k=10,
-        latency_ms=1.5 * number,
-        cache_hit=number % 2 == 0,
-        fallback=fallback,
-    )
-
-
-def logged_ids(sessions: SessionFactory) -> list[str]:
-    with sessions() as session:
-        return sorted(session.scalars(select(RequestLogRow.request_id)))
-
-
-def test_request_log_writes_rows_in_the_background(
-    sessions: SessionFactory, tmp_path: Path
-) -> None:
-    log = SqlRequestLog(
-        sessions, spool_dir=tmp_path / "spool", spool_max_bytes=SPOOL_BYTES, flush_seconds=0.02
-    )
-    for number in range(50):
-        log.record(entry(number, fallback="popularity" if number == 0 else None))
-    assert log.flush(timeout=10)
-    log.close()
-
-    assert (log.written, log.failed, log.dropped) == (50, 0, 0)
-    with sessions() as session:
-        rows = {row.request_id: row for row in session.scalars(select(RequestLogRow))}
-    assert len(rows) == 50
-    first = rows["r0"]
-    assert (first.model_version, first.k, first.fallback, first.cache_hit) == (
-        "v1",
-        10,
-        "popularity",
-        True,
-    )
-    assert rows["r3"].latency_ms == pytest.approx(4.5)
-    assert rows["r3"].support_size == 3
-    assert list((tmp_path / "spool").iterdir()) == []  # nothing left behind
 
 
 @pytest.mark.parametrize("spool", ["disk", "memory"])
@@ -189,3 +140,28 @@ def test_rows_spooled_by_a_worker_killed_during_an_outage_are_written_by_the_nex
     successor.close()
     assert logged_ids(sessions) == sorted(f"d{number}" for number in range(30))
     assert list(spool.iterdir()) == []
+
+
+def test_a_row_the_database_refuses_is_dropped_alone(tmp_path: Path) -> None:
+    """Isolated instead of retried (with everything queued behind it) forever."""
+    sessions = migrated_sqlite(tmp_path / "log.db")[1]
+    dropped: list[int] = []
+    log = SqlRequestLog(
+        sessions,
+        spool_dir=tmp_path / "spool",
+        spool_max_bytes=SPOOL_BYTES,
+        flush_seconds=0.02,
+        on_drop=dropped.append,
+    )
+    good = {
+        "model_version": "v1", "support_size": 1, "k": 10, "latency_ms": 1.0,
+        "cache_hit": False, "fallback": None, "created_at": datetime.now(UTC),
+    }  # fmt: skip
+    log.add({**good, "request_id": "before"})
+    log.add({**good, "request_id": None})  # NOT NULL: refused by the database, every time
+    log.add({**good, "request_id": "after"})
+    assert log.flush(timeout=10)
+    log.close()
+    with sessions() as session:
+        assert sorted(session.scalars(select(RequestLogRow.request_id))) == ["after", "before"]
+    assert dropped == [1] and log.dropped == 1

@@ -1,52 +1,23 @@
-"""`app.serving.recommender` without HTTP: ranking, exclusions, candidates, the popularity fallback,
-uncertainty, the task-state cache, every refusal, and the per-app counting and request log."""
+"""`app.serving.pipeline` without HTTP: ranking, exclusions, candidates and the candidate
+stage, the popularity fallback, uncertainty, the task-state cache, every refusal, batches."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
+from serving_helpers import SUPPORT, RaisingScorer
 
-from app.api.routes.recommend import recommend_response_json
-from app.errors import (
-    InvalidRequestError,
-    ModelFaultError,
-    RatingRangeError,
-    UnknownItemsError,
-)
-from app.schemas import RecommendedItem, RecommendRequest, RecommendResponse
+from app.errors import InvalidRequestError, ModelFaultError, RatingRangeError, UnknownItemsError
+from app.schemas import RecommendRequest
 from app.serving import pipeline
 from app.serving.cache import MemoryCache, TaskStateCache, cache_key, support_digest
 from app.serving.model import ServingModel
-from app.serving.pipeline import Recommendation, ScoredItem, ScoringLimits, recommend
-from app.serving.recommender import AnswerMemo, Recommender
-from app.storage.request_log import RequestLogEntry
-from app.telemetry import Metrics
-from tanp.checkpoint import save_checkpoint
-from tanp.model import TaNP, TaNPConfig
+from app.serving.pipeline import Recommendation, ScoringLimits, recommend
 from tanp.scoring import Scorer, rank
-
-SUPPORT = [
-    {"item_id": "a3", "rating": 1},
-    {"item_id": "a7", "rating": 1},
-    {"item_id": "a20", "rating": 0},
-]
-
-
-@pytest.fixture(scope="module")
-def model(models_dir: Path) -> ServingModel:
-    return ServingModel.load(models_dir / "v1", device="cpu")
-
-
-@pytest.fixture
-def cache() -> TaskStateCache:
-    return TaskStateCache(MemoryCache(ttl_seconds=60))
 
 
 def ask(
@@ -170,139 +141,6 @@ def test_support_over_max_support_is_refused(model: ServingModel, cache: TaskSta
         ask(model, cache, max_support=2, support=SUPPORT)
 
 
-class RecordingLog:
-    def __init__(self) -> None:
-        self.entries: list[RequestLogEntry] = []
-
-    def record(self, entry: RequestLogEntry) -> None:
-        self.entries.append(entry)
-
-
-class BrokenLog:
-    def record(self, entry: RequestLogEntry) -> None:
-        raise RuntimeError("database is gone")
-
-
-def make_recommender(cache: TaskStateCache, **overrides: Any) -> Recommender:
-    """A Recommender over `cache` as the app builds one, less the answer memo by default."""
-    values: dict[str, Any] = {
-        "answers": None,
-        "metrics": Metrics(),
-        "request_log": RecordingLog(),
-        "max_support": 100,
-        "max_batch": 32,
-    }
-    values.update(overrides)
-    return Recommender(cache=cache, **values)
-
-
-def counter(metrics: Metrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, labels or None)
-    return 0.0 if value is None else value
-
-
-def test_recommender_counts_and_logs_each_answered_call(
-    model: ServingModel, cache: TaskStateCache
-) -> None:
-    metrics, log = Metrics(), RecordingLog()
-    recommender = make_recommender(cache, metrics=metrics, request_log=log)
-    for request_id, body in [
-        ("r1", {"support": SUPPORT, "k": 7}),
-        ("r2", {"support": SUPPORT, "k": 7}),
-        ("r3", {"support": [], "k": 3}),
-    ]:
-        request = RecommendRequest.model_validate(body)
-        recommender.recommend(model=model, request=request, request_id=request_id)
-    with pytest.raises(UnknownItemsError):
-        request = RecommendRequest.model_validate({"support": [{"item_id": "x", "rating": 1}]})
-        recommender.recommend(model=model, request=request, request_id="r4")
-
-    assert [(e.request_id, e.support_size, e.k, e.cache_hit, e.fallback) for e in log.entries] == [
-        ("r1", 3, 7, False, None),
-        ("r2", 3, 7, True, None),
-        ("r3", 0, 3, False, "popularity"),
-    ]
-    assert all(entry.model_version == "v1" and entry.latency_ms > 0 for entry in log.entries)
-    assert counter(metrics, "tanp_cache_hits_total") == 1
-    assert counter(metrics, "tanp_cache_misses_total") == 1
-    assert counter(metrics, "tanp_inference_latency_seconds_count", path="model") == 2
-    assert counter(metrics, "tanp_inference_latency_seconds_count", path="popularity") == 1
-
-
-def test_a_broken_request_log_never_fails_a_recommendation(
-    model: ServingModel, cache: TaskStateCache
-) -> None:
-    metrics = Metrics()
-    recommender = make_recommender(cache, metrics=metrics, request_log=BrokenLog(), max_support=9)
-    request = RecommendRequest.model_validate({"support": SUPPORT})
-    answer = recommender.recommend(model=model, request=request, request_id="r1")
-    assert len(answer.items) == 10
-    assert counter(metrics, "tanp_request_log_dropped_total") == 1
-
-
-class RaisingScorer:
-    """Stands in for a Scorer whose scoring raises (a corrupt index met at request time)."""
-
-    def __init__(self, real: Scorer, error: Exception) -> None:
-        self.device = real.device
-        self._real = real
-        self._error = error
-
-    def encode_one(self, items: list[int], labels: list[float]) -> Any:
-        return self._real.encode_one(items, labels)
-
-    def encode_many(self, supports: Any) -> Any:
-        return self._real.encode_many(supports)
-
-    def scores(self, state: Any, *, candidates: Any = None) -> Any:
-        raise self._error
-
-
-def test_an_error_inside_scoring_is_a_counted_reported_model_fault(
-    model: ServingModel, cache: TaskStateCache
-) -> None:
-    broken = dataclasses.replace(
-        model, scorer=RaisingScorer(model.scorer, RuntimeError("index 99 is out of bounds"))
-    )
-    metrics, faults = Metrics(), []
-    recommender = make_recommender(cache, metrics=metrics, on_model_fault=faults.append)
-    request = RecommendRequest.model_validate({"support": SUPPORT})
-    with pytest.raises(ModelFaultError, match="scoring failed: RuntimeError") as raised:
-        recommender.recommend(model=broken, request=request, request_id="r1")
-    assert raised.value.status_code == 503 and faults == [raised.value]
-    assert counter(metrics, "tanp_model_faults_total", version="v1", reason="error") == 1
-    # the popularity fallback never touches the scorer
-    empty = RecommendRequest.model_validate({"support": []})
-    assert recommender.recommend(model=broken, request=empty, request_id="r2").fallback
-
-
-def test_running_out_of_memory_is_not_blamed_on_the_model(
-    model: ServingModel, cache: TaskStateCache
-) -> None:
-    error = RuntimeError("DefaultCPUAllocator: can't allocate memory")
-    broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, error))
-    request = RecommendRequest.model_validate({"support": SUPPORT})
-    with pytest.raises(RuntimeError, match="allocate"):
-        ask_model = make_recommender(cache)
-        ask_model.recommend(model=broken, request=request, request_id="r1")
-
-
-NEIGHBOURS = 3
-
-
-@pytest.fixture(scope="module")
-def neighbour_model(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
-    """The tiny model with stored neighbours: item i's are i+1, i+2, i+3 (mod 40)."""
-    torch.manual_seed(1)
-    with_neighbours = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=NEIGHBOURS))
-    with_neighbours.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
-    index = (torch.arange(NUM_ITEMS).unsqueeze(1) + torch.arange(1, NEIGHBOURS + 1)) % NUM_ITEMS
-    with_neighbours.affinity.set_neighbours(index, torch.full((NUM_ITEMS, NEIGHBOURS), 0.5))
-    run = tmp_path_factory.mktemp("neighbour-models") / "nb1"
-    save_checkpoint(run, model=with_neighbours, items=ITEMS, item_names=NAMES, version="nb1")
-    return ServingModel.load(run, device="cpu")
-
-
 def test_a_catalog_over_the_full_scoring_limit_ranks_only_the_candidate_stage(
     neighbour_model: ServingModel, cache: TaskStateCache
 ) -> None:
@@ -348,16 +186,6 @@ def test_a_catalog_over_the_full_scoring_limit_ranks_only_the_candidate_stage(
         model=neighbour_model, cache=cache, request=chosen, max_support=100, limits=limits
     )
     assert sorted(ids(given)) == ["a0", "a39"]
-
-
-def test_the_recommender_applies_its_limits(
-    neighbour_model: ServingModel, cache: TaskStateCache
-) -> None:
-    limits = ScoringLimits(candidates=5, full_scoring_max_items=10)
-    recommender = make_recommender(cache, limits=limits)
-    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 100})
-    answer = recommender.recommend(model=neighbour_model, request=request, request_id="r1")
-    assert len(answer.items) == 5
 
 
 def test_a_batch_answers_each_request_as_it_would_be_answered_alone(
@@ -408,76 +236,3 @@ def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
     outcomes = pipeline.answer(model=broken, cache=cache, checked=checked, limits=None)
     assert isinstance(outcomes[0], ModelFaultError) and isinstance(outcomes[2], ModelFaultError)
     assert isinstance(outcomes[1], Recommendation) and outcomes[1].fallback == "popularity"
-
-
-def test_the_response_json_is_the_response_models() -> None:
-    answer = Recommendation(
-        items=[
-            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
-            ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
-        ],
-        model_version="v1",
-        cached=True,
-        fallback=None,
-        support_size=2,
-        inference_seconds=0.001,
-    )
-    model = RecommendResponse(
-        items=[RecommendedItem(**dataclasses.asdict(item)) for item in answer.items],
-        model_version="v1",
-        cached=True,
-        fallback=None,
-        request_id="r1",
-    )
-    assert recommend_response_json(answer, request_id="r1") == model.model_dump_json().encode()
-
-
-def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
-    model: ServingModel,
-) -> None:
-    memo = AnswerMemo(max_entries=2)
-    recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)), answers=memo)
-
-    def ask(serving: ServingModel, **body: Any) -> Recommendation:
-        request = RecommendRequest.model_validate(body)
-        return recommender.recommend(model=serving, request=request, request_id="r")
-
-    first = ask(model, support=SUPPORT, k=5, exclude=["a1"])
-    broken = dataclasses.replace(model, scorer=RaisingScorer(model.scorer, RuntimeError("no")))
-    again = ask(broken, support=list(reversed(SUPPORT)), k=5, exclude=["a1"])
-    assert (first.cached, again.cached) == (False, True)
-    assert again.items == first.items and len(memo) == 1
-    with pytest.raises(ModelFaultError):  # another k is another answer: scored again
-        ask(broken, support=SUPPORT, k=6, exclude=["a1"])
-    with pytest.raises(ModelFaultError):  # and a fault is never remembered
-        ask(broken, support=SUPPORT, k=6, exclude=["a1"])
-    other = dataclasses.replace(model, version="v2")
-    assert ask(other, support=SUPPORT, k=5, exclude=["a1"]).cached is False
-
-
-def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
-    model: ServingModel,
-) -> None:
-    cache = TaskStateCache(MemoryCache(ttl_seconds=60))
-    log = RecordingLog()
-    recommender = make_recommender(cache, answers=AnswerMemo(max_entries=8), request_log=log)
-    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
-
-    async def twice() -> tuple[Recommendation, Recommendation]:
-        first = await recommender.recommend_async(model=model, request=request, request_id="r1")
-        again = await recommender.recommend_async(model=model, request=request, request_id="r2")
-        return first, again
-
-    try:
-        first, again = asyncio.run(twice())
-    finally:
-        recommender.close()
-    assert (first.cached, again.cached) == (False, True) and again.items == first.items
-    assert (recommender.batcher.batches, recommender.batcher.items) == (1, 1)
-    assert [entry.request_id for entry in log.entries] == ["r1", "r2"]
-    bad = RecommendRequest.model_validate({"support": [{"item_id": "zz", "rating": 1}]})
-    with pytest.raises(UnknownItemsError):  # refused before any batch: nothing logged
-        asyncio.run(recommender.recommend_async(model=model, request=bad, request_id="r3"))
-    with pytest.raises(UnknownItemsError):
-        recommender.recommend(model=model, request=bad, request_id="r3")
-    assert recommender.batcher.batches == 1 and len(log.entries) == 2

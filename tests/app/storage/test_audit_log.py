@@ -6,12 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
+from storage_helpers import SPOOL_BYTES
 
 from app.storage.audit_log import AuditLog
 from app.storage.db import make_engine, make_session_factory, run_migrations
 from app.storage.tables import AdminAudit
-
-SPOOL_BYTES = 1 << 20  # REQUEST_LOG_SPOOL_BYTES of these tests
 
 
 def test_audit_rows_wait_out_an_outage_and_land(tmp_path: Path) -> None:

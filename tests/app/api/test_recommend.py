@@ -1,8 +1,10 @@
-"""POST /v1/recommend and /recommend over HTTP: the answer's JSON, the request id, the cache
-and log wiring, and every 422/503 (the recommender's own logic: tests/app/test_recommender.py)."""
+"""POST /v1/recommend and /recommend over HTTP: the answer's JSON (and its direct writer), the
+request id, the cache and log wiring, and every 422/503 (the recommend path itself:
+tests/app/serving/)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,9 @@ import pytest
 import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, AppFactory, TestClient, state_of, tiny_model
 
+from app.api.routes.recommend import recommend_response_json
+from app.schemas import RecommendedItem, RecommendResponse
+from app.serving.pipeline import Recommendation, ScoredItem
 from app.storage.crud import registered_versions
 from app.storage.request_log import RequestLogEntry
 from tanp.checkpoint import save_checkpoint
@@ -228,3 +233,25 @@ def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_fa
     assert record.status == "failed" and "non-finite scores" in (record.message or "")
     # the other requests are still answered by the same model
     assert post(client, {"support": [{"item_id": "a2", "rating": 0}]}).status_code == 200
+
+
+def test_the_response_json_is_the_response_models() -> None:
+    answer = Recommendation(
+        items=[
+            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
+            ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
+        ],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        support_size=2,
+        inference_seconds=0.001,
+    )
+    model = RecommendResponse(
+        items=[RecommendedItem(**dataclasses.asdict(item)) for item in answer.items],
+        model_version="v1",
+        cached=True,
+        fallback=None,
+        request_id="r1",
+    )
+    assert recommend_response_json(answer, request_id="r1") == model.model_dump_json().encode()
