@@ -54,15 +54,20 @@ def test_memory_cache_evicts_least_recently_used() -> None:
     assert cache.status() == "disabled"
 
 
-def test_unreachable_redis_is_a_counted_miss() -> None:
-    errors: list[int] = []
-    cache = RedisCache(
-        url=f"redis://127.0.0.1:{free_port()}/0",
+def redis_at(errors: list[int], *, backoff_seconds: float, port: int | None = None) -> RedisCache:
+    """A RedisCache on `port` (default: one nothing listens on) counting its errors in `errors`."""
+    return RedisCache(
+        url=f"redis://127.0.0.1:{port or free_port()}/0",
         ttl_seconds=60,
         timeout_seconds=0.05,
         on_error=lambda: errors.append(1),
-        backoff_seconds=0.0,
+        backoff_seconds=backoff_seconds,
     )
+
+
+def test_unreachable_redis_is_a_counted_miss() -> None:
+    errors: list[int] = []
+    cache = redis_at(errors, backoff_seconds=0.0)
     cache.set("k", b"v")
     assert cache.get("k") is None
     assert len(errors) == 2
@@ -71,13 +76,7 @@ def test_unreachable_redis_is_a_counted_miss() -> None:
 
 def test_backoff_skips_redis_after_a_failure() -> None:
     errors: list[int] = []
-    cache = RedisCache(
-        url=f"redis://127.0.0.1:{free_port()}/0",
-        ttl_seconds=60,
-        timeout_seconds=0.05,
-        on_error=lambda: errors.append(1),
-        backoff_seconds=60.0,
-    )
+    cache = redis_at(errors, backoff_seconds=60.0)
     assert cache.get("k") is None
     assert cache.get("k") is None
     cache.set("k", b"v")
@@ -91,13 +90,7 @@ def test_hung_redis_times_out_quickly() -> None:
         server.listen(8)
         port = server.getsockname()[1]
         errors: list[int] = []
-        cache = RedisCache(
-            url=f"redis://127.0.0.1:{port}/0",
-            ttl_seconds=60,
-            timeout_seconds=0.05,
-            on_error=lambda: errors.append(1),
-            backoff_seconds=0.0,
-        )
+        cache = redis_at(errors, port=port, backoff_seconds=0.0)
         started = time.perf_counter()
         assert cache.get("k") is None
         assert time.perf_counter() - started < 1.0
@@ -110,13 +103,7 @@ def test_many_keys_at_once_on_memory_and_an_unreachable_redis() -> None:
     memory.set_many({"a": b"1", "b": b"2"})
     assert memory.get_many(["b", "zz", "a"]) == [b"2", None, b"1"]
     errors: list[int] = []
-    down = RedisCache(
-        url=f"redis://127.0.0.1:{free_port()}/0",
-        ttl_seconds=60,
-        timeout_seconds=0.05,
-        on_error=lambda: errors.append(1),
-        backoff_seconds=0.0,
-    )
+    down = redis_at(errors, backoff_seconds=0.0)
     down.set_many({"a": b"1", "b": b"2"})
     assert down.get_many(["a", "b"]) == [None, None]
     assert len(errors) == 2
