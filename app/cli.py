@@ -1,9 +1,7 @@
 """`tanp-serve`: run the service with uvicorn (`tanp-serve migrate` applies DB migrations).
 
-Settings come from the environment (SPEC section 8); the app is built by the factory in each
-worker, so `--workers N` works. uvicorn runs with `app.server`'s protocol (header and body
-timeouts), its keep-alive and graceful-shutdown timeouts from the settings, after waiting for
-the port; workers of `--workers N` stop when their parent dies.
+Settings come from the environment (SPEC section 8); each worker builds the app with the
+factory, so `--workers N` works, with `app.server`'s protocol and timeouts.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from app.settings import Settings
 
 
 def run_migrations_command() -> int:
-    from app.db import run_migrations  # type: ignore[import-not-found,unused-ignore]
+    from app.storage.db import run_migrations  # type: ignore[import-not-found,unused-ignore]
 
     run_migrations(Settings().database_url)
     return 0

@@ -8,7 +8,6 @@
     ├── UnauthorizedError        401  an admin call without the right bearer token (challenge)
     ├── NotFoundError            404  an item (or other resource) that does not exist
     │   └── UnknownVersionError  404  no run directory of that name under MODELS_DIR
-    ├── PayloadTooLargeError     413  a request body over MAX_BODY_BYTES
     ├── ModelRefusedError        422  a checkpoint that failed verification (old model serves on)
     ├── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
     │   └── RegistryUnavailableError 503  an activation SQL could not record: nothing changed
@@ -30,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 MAX_NAMED_IDS = 20  # an error message names at most this many ids, then says how many more
+RETRY_AFTER_SECONDS = 5  # what a 503 asks a client to wait
 
 
 class ServingError(Exception):
@@ -87,10 +87,6 @@ class UnknownVersionError(NotFoundError):
     pass
 
 
-class PayloadTooLargeError(ServingError):
-    status_code = 413
-
-
 class ModelRefusedError(ServingError):
     status_code = 422
 
@@ -98,12 +94,8 @@ class ModelRefusedError(ServingError):
 class ModelUnavailableError(ServingError):
     status_code = 503
 
-    def __init__(self, detail: str, *, retry_after_seconds: int = 5) -> None:
-        super().__init__(detail)
-        self.retry_after_seconds = retry_after_seconds
-
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class RegistryUnavailableError(ModelUnavailableError):

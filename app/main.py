@@ -1,9 +1,7 @@
-"""The FastAPI application: `create_app(settings)` and the lifespan that owns its resources.
-
-The lifespan builds one `ServiceState` off the event loop (cache, database, request-log writer,
-model holder and lifecycle, recommender), starts the startup model and the model threads, and
-closes everything at shutdown. A missing or broken model does not stop the app: it starts,
-`/livez` answers, `/readyz` and `/v1/recommend` say 503 with the reason.
+"""The FastAPI application: `create_app(settings)` and the lifespan that builds one
+`ServiceState` (off the event loop), starts the startup model and the model threads, and closes
+everything at shutdown. A missing or broken model does not stop the app: `/livez` answers,
+`/readyz` and `/v1/recommend` say 503 with the reason.
 """
 
 from __future__ import annotations
@@ -21,20 +19,21 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
 
+from app.api.middleware import ServiceMiddleware
 from app.api.routes import admin, health, items, recommend
-from app.audit_log import AuditLog
-from app.broadcast import ModelBroadcast, worker_id
-from app.cache import AnswerMemo, ByteStore, MemoryCache, RedisCache, TaskStateCache
-from app.db import open_database
 from app.errors import install_error_handlers
-from app.holder import ModelHolder, ServingModel
-from app.middleware import ServiceMiddleware
-from app.models_service import ModelService
-from app.recommender import Recommender, ScoringLimits
-from app.request_log import SqlRequestLog
+from app.lifecycle.broadcast import ModelBroadcast, worker_id
+from app.lifecycle.service import ModelService
 from app.server import die_with_parent
+from app.serving.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
+from app.serving.model import ModelHolder, ServingModel
+from app.serving.pipeline import ScoringLimits
+from app.serving.recommender import AnswerMemo, Recommender
 from app.settings import Settings
 from app.state import ServiceState
+from app.storage.audit_log import AuditLog
+from app.storage.db import open_database
+from app.storage.request_log import SqlRequestLog
 from app.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -53,12 +52,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    answers = (
-        AnswerMemo(max_entries=settings.answer_cache_entries)
-        if settings.answer_cache_entries
-        else None
-    )
-    return TaskStateCache(store, answers=answers)
+    return TaskStateCache(store)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -118,6 +112,11 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         audit_log=audit_log,
         recommender=Recommender(
             cache=cache,
+            answers=(
+                AnswerMemo(max_entries=settings.answer_cache_entries)
+                if settings.answer_cache_entries
+                else None
+            ),
             metrics=metrics,
             request_log=request_log,
             max_support=settings.max_support,

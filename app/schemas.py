@@ -1,25 +1,19 @@
 """Request and response bodies of the public and admin API (SPEC section 6), with examples.
-
-Static bounds live here; bounds that depend on settings or on the loaded model (MAX_SUPPORT,
-the label range, the catalog) are checked by `app.recommender` and raise `app.errors` exceptions.
-Request bodies are validated strictly: JSON's types as the schema states them (`true` is not the
-number 1, `5.0` is not the integer 5).
+Static bounds live here; those that depend on settings or on the loaded model are checked by
+`app.serving.pipeline`. Request bodies are validated strictly: JSON's types as the schema states
+them (`true` is not the number 1, `5.0` is not the integer 5).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.config import JsonDict
-from pydantic_core import to_json
 
 from tanp.scoring import MAX_UNCERTAINTY_SAMPLES
-
-if TYPE_CHECKING:
-    from app.recommender import Recommendation
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 HARD_MAX_LIST = 10_000  # beyond any MAX_SUPPORT; stops absurd lists before the route sees them
@@ -118,29 +112,6 @@ class RecommendResponse(BaseModel):
     request_id: str
 
 
-def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes:
-    """`RecommendResponse`'s JSON for an answer, byte for byte what FastAPI's `response_model`
-    path writes, without building and re-validating the models (every field's type is fixed
-    by `Recommendation`)."""
-    return to_json(
-        {
-            "items": [
-                {
-                    "item_id": item.item_id,
-                    "name": item.name,
-                    "score": item.score,
-                    "uncertainty": item.uncertainty,
-                }
-                for item in answer.items
-            ],
-            "model_version": answer.model_version,
-            "cached": answer.cached,
-            "fallback": answer.fallback,
-            "request_id": request_id,
-        }
-    )
-
-
 class CatalogItem(BaseModel):
     item_id: str
     name: str | None
@@ -195,6 +166,8 @@ class ReloadRequest(BaseModel):
 class VersionInfo(BaseModel):
     """One version as the registry and the disk know it."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     status: str = Field(description="The registry's status; 'unregistered' when only on disk.")
     serving: bool = Field(description="Served by the worker that answered.")
@@ -207,6 +180,8 @@ class VersionInfo(BaseModel):
 
 
 class ModelsResponse(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     serving: str | None
     registry: str = Field(description="'ok', or why the SQL registry could not be read")
     versions: list[VersionInfo]

@@ -1,14 +1,7 @@
-"""What `tanp-serve` adds to uvicorn so that neither slow clients nor a dead parent need hands.
-
-`TimedHttpProtocol` (uvicorn's httptools protocol) bounds the time a client may take to send
-its request line and headers (HEADER_TIMEOUT_SECONDS, from the connection's start or the end of
-the previous response) and its body (BODY_TIMEOUT_SECONDS, from the end of the headers):
-past either the connection is closed, with a 408 when part of a request had arrived. uvicorn's
-own keep-alive timeout (KEEP_ALIVE_SECONDS) closes idle connections between requests.
-`die_with_parent` makes a worker of `--workers N` receive SIGTERM when the supervising process
-dies (Linux `PR_SET_PDEATHSIG`), so a killed parent leaves no orphan holding the port;
-`wait_for_port` lets a restart wait for the port instead of failing with EADDRINUSE.
-Knows nothing about the model, SQL or Redis.
+"""What `tanp-serve` adds to uvicorn so that neither slow clients nor a dead parent need hands:
+`TimedHttpProtocol` (deadlines for a request's headers and body), `die_with_parent` (a worker
+gets SIGTERM when its supervisor dies) and `wait_for_port` (a restart waits for a port still
+held). Knows nothing about the model, SQL or Redis.
 """
 
 from __future__ import annotations
@@ -43,7 +36,11 @@ def _timeouts() -> tuple[float, float]:
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a deadline for the headers and one for the body."""
+    """uvicorn's httptools protocol with a deadline for the request line and headers
+    (HEADER_TIMEOUT_SECONDS, from the connection's start or the end of the previous response)
+    and one for the body (BODY_TIMEOUT_SECONDS, from the end of the headers): past either the
+    connection is closed, with a 408 when part of a request had arrived. uvicorn's own
+    keep-alive timeout (KEEP_ALIVE_SECONDS) closes idle connections between requests."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     candidates: int = Field(default=2_000, ge=1)
     full_scoring_max_items: int = Field(default=50_000, ge=1)
     # Concurrent recommend calls of one worker that arrive while its model is busy are scored
-    # together in one forward (app.batcher), up to this many per batch.
+    # together in one forward (app.serving.batcher), up to this many per batch.
     batch_max_requests: int = Field(default=32, ge=1, le=1024)
     # Whole answers of repeated requests kept per worker (an LRU; 0: none): a repeat skips
     # the catalog decode. The task-state cache (Redis or memory) is used either way.
@@ -64,8 +64,8 @@ class Settings(BaseSettings):
     # sessions) sharing one Redis server separate themselves with it.
     broadcast_prefix: str = "tanp:"
     # One intra-op thread per request: on a few cores, concurrent requests each asking torch
-    # for every core oversubscribe the CPU (measured: p50 6.8 ms at 1 thread, 37 ms at 2).
-    # 0 keeps torch's default. Applied by the server entry point, not by create_app.
+    # for every core oversubscribe the CPU and wait on each other. 0 keeps torch's default.
+    # Applied by the server entry point, not by create_app.
     torch_threads: int = Field(default=1, ge=0)
 
     @field_validator("cors_origins", mode="before")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.audit_log import AuditLog
-from app.cache import TaskStateCache
-from app.db import Database
-from app.holder import ModelHolder
-from app.models_service import ModelService
-from app.recommender import Recommender
-from app.request_log import SqlRequestLog
+from app.lifecycle.service import ModelService
+from app.serving.cache import TaskStateCache
+from app.serving.model import ModelHolder
+from app.serving.recommender import Recommender
 from app.settings import Settings
+from app.storage.audit_log import AuditLog
+from app.storage.db import Database
+from app.storage.request_log import SqlRequestLog
 from app.telemetry import Metrics
 
 

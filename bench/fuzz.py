@@ -19,25 +19,19 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
-from harness import wait_ready
+from tests.support.live_server import wait_ready
+from tests.support.network import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(
@@ -116,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs: list[tuple[str, dict[str, Any]]] = []
     try:
-        wait_ready(base, server)
+        wait_ready(base, server, timeout=120)
         for caller, headers in (
             ("anonymous", []),
             ("admin (bearer token)", [f"Authorization: Bearer {token}"]),

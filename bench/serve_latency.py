@@ -29,7 +29,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,15 +41,17 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loadgen
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
 
 import loadgen
-from harness import wait_ready
 
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.config import TaNPConfig
 from tanp.model import TaNP
 from tanp.scoring import Scorer, pack_state, rank, unpack_state
+from tests.support.live_server import wait_ready
+from tests.support.network import free_port
 
 LASTFM_ITEMS = 3846
 P99_TARGET_MS = 50.0
@@ -71,12 +72,6 @@ class Result:
     server_cpu_ms: float = float("nan")  # server processes' CPU per answered request
     client_cpu_ms: float = float("nan")  # the generator's CPU per request
     machine_cpu_ms: float = float("nan")  # every process's CPU per request (Redis, SQL, ...)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def random_supports(items: list[str], count: int, seed: int) -> list[list[dict[str, Any]]]:
@@ -191,15 +186,15 @@ def breakdown(
     the components the server wires: the request's JSON -> RecommendRequest, the cache, the
     model (encode on a miss, decode, rank, ids and names), the response to JSON, the
     request-log record call."""
-    from app.cache import MemoryCache, RedisCache, TaskStateCache
-    from app.db import open_database
-    from app.holder import ServingModel
-    from app.recommender import recommend
-    from app.request_log import RequestLogEntry, SqlRequestLog
     from app.schemas import RecommendRequest
+    from app.serving.cache import MemoryCache, RedisCache, TaskStateCache
+    from app.serving.model import ServingModel
+    from app.serving.pipeline import recommend
+    from app.storage.db import open_database
+    from app.storage.request_log import RequestLogEntry, SqlRequestLog
 
     try:
-        from app.schemas import recommend_response_json
+        from app.api.routes.recommend import recommend_response_json
     except ImportError:  # before the direct serialiser: what FastAPI's response_model did
         from pydantic import TypeAdapter
 
@@ -274,7 +269,7 @@ def breakdown(
     cache = TaskStateCache(timed, prefix=f"bench{os.getpid()}")
     database = open_database(database_url, migrate=True)
     spool = Path(tempfile.mkdtemp(prefix="tanp-bench-spool-"))
-    log = SqlRequestLog(database.sessions, spool_dir=spool)
+    log = SqlRequestLog(database.sessions, spool_dir=spool, spool_max_bytes=2**28)
     bodies = [json.dumps({"support": s, "k": 10}).encode() for s in supports]
     rows: dict[str, list[float]] = {}
     for label in ("miss", "hit"):
@@ -456,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
 
     try:
-        wait_ready(base, server)
+        wait_ready(base, server, timeout=120)
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as executor:
 
             def load(scenario: str, payloads: list[bytes], rate: float) -> Result:

@@ -39,7 +39,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -51,6 +50,11 @@ import numpy as np
 import psycopg
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+
+from tests.support.live_server import LiveServer, alive
+from tests.support.network import TcpProxy, free_port
+
 POSTGRES = ("127.0.0.1", 5432)
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 PROPAGATION_SECONDS = 6.0  # pub/sub, or one reconcile round (5 s) when a message was missed
@@ -60,83 +64,6 @@ METRIC = re.compile(r"^(tanp_request_log_\w+?)(?:_total)? (\S+)$", re.MULTILINE)
 
 
 # --- the parts the soak owns ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Proxy:
-    """127.0.0.1:<port> -> Postgres; `cut` closes the listener and every connection."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        listener.settimeout(0.1)
-        self._listener = listener
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
-        self._thread.start()
-
-    def cut(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        if self._listener is not None:
-            self._listener.close()
-        with self._lock:
-            for connection in self._sockets:
-                self._close(connection)
-            self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(POSTGRES, timeout=3)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(source)
-            self._close(target)
-
-    @staticmethod
-    def _close(connection: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-        connection.close()
 
 
 class Redis:
@@ -169,55 +96,6 @@ class Redis:
         self._log.close()
 
 
-class Server:
-    """`tanp-serve --workers N` in its own session."""
-
-    def __init__(self, *, env: dict[str, str], port: int, workers: int, log: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self._log = log.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "--port", str(port), "--workers", str(workers)],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 180.0) -> float:
-        started = time.monotonic()
-        while time.monotonic() < started + timeout:
-            if self.process.poll() is not None:
-                raise SystemExit(f"tanp-serve exited with {self.process.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            time.sleep(0.2)
-        raise SystemExit("tanp-serve not ready in time")
-
-    def workers(self) -> set[int]:
-        return children(self.process.pid)
-
-    def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self._log.close()
-
-
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    with contextlib.suppress(FileNotFoundError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found |= {int(child) for child in (task / "children").read_text().split()}
-    return found
-
-
 def rss_mb(pid: int) -> float | None:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -225,13 +103,6 @@ def rss_mb(pid: int) -> float | None:
         return None
     match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     return int(match.group(1)) / 1024 if match else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
 
 
 # --- the load (its own process) ------------------------------------------------------------
@@ -432,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{database}"')
     redis_server = Redis(workdir)
-    proxy = Proxy()
+    proxy = TcpProxy(POSTGRES)
     direct_url = f"postgresql+psycopg://postgres@127.0.0.1:{POSTGRES[1]}/{database}"
     env = {key: value for key, value in os.environ.items() if key != "ACTIVE_MODEL"}
     env.update(
@@ -453,12 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
     )
     port = free_port()
-    server = Server(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
+    server = LiveServer(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
     soak = Soak()
     result: dict[str, Any] = {}
-    restart: Server | None = None
+    restart: LiveServer | None = None
     try:
-        ready_seconds = server.wait_ready()
+        ready_seconds = server.wait_ready(timeout=180)
         worker_pids = server.workers()
         auth = {"Authorization": f"Bearer {token}"}
         count = int(args.rate * duration)
@@ -607,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.1)
         workers_gone_seconds = time.monotonic() - killed_at
         orphans = sorted(pid for pid in worker_pids if alive(pid))
-        restart = Server(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
-        restart_ready_seconds = restart.wait_ready()
+        restart = LiveServer(env=env, port=port, workers=args.workers, log=workdir / "serve.log")
+        restart_ready_seconds = restart.wait_ready(timeout=180)
         after_restart = {
             httpx.post(
                 f"{restart.url}/v1/recommend",
@@ -660,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for running in (server, restart):
             if running is not None:
-                running.stop()
+                running.stop(timeout=30)
         proxy.cut()
         redis_server.close()
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin_db:

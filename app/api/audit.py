@@ -1,9 +1,7 @@
-"""`AuditedRoute`: the admin router's route class, one audit row per call whatever the outcome.
-
-Allowed or refused, validation errors included: the row names the actor (`token` once
-`require_admin` accepted the bearer token, else `anonymous`), the action (the route's name), the
-target version, the status code and a message. The row goes to `AuditLog` (a spooled writer:
-it waits out a database outage) and never changes the answer.
+"""`AuditedRoute`: the admin router's route class, one audit row per call whatever the outcome
+(validation errors included): the actor (`token` once `require_admin` accepted the bearer token,
+else `anonymous`), the action (the route's name), the target version, the status code and a
+message, written to `AuditLog` (spooled). The row never changes the answer.
 """
 
 from __future__ import annotations

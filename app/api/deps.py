@@ -11,15 +11,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.api.middleware import request_id_of
 from app.errors import ModelUnavailableError, NotFoundError, UnauthorizedError
-from app.holder import ServingModel
-from app.middleware import request_id_of
-from app.models_service import ModelService
-from app.recommender import Recommender
+from app.lifecycle.service import ModelService
+from app.serving.model import ServingModel
+from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.state import ServiceState
 
-RETRY_AFTER_SECONDS = 5
 ACTOR_TOKEN = "token"
 ACTOR_ANONYMOUS = "anonymous"
 
@@ -27,9 +26,7 @@ ACTOR_ANONYMOUS = "anonymous"
 async def get_state(request: Request) -> ServiceState:
     state: ServiceState | None = getattr(request.app.state, "service", None)
     if state is None:  # only before the lifespan ran (or when a server disabled it)
-        raise ModelUnavailableError(
-            "the service is still starting", retry_after_seconds=RETRY_AFTER_SECONDS
-        )
+        raise ModelUnavailableError("the service is still starting")
     return state
 
 
@@ -40,9 +37,7 @@ async def get_serving_model(state: StateDep) -> ServingModel:
     """The model this request uses from start to end: `holder.current`, read once."""
     serving = state.holder.current
     if serving is None:
-        raise ModelUnavailableError(
-            state.models.unavailable_reason(), retry_after_seconds=RETRY_AFTER_SECONDS
-        )
+        raise ModelUnavailableError(state.models.unavailable_reason())
     return serving
 
 

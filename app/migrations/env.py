@@ -1,6 +1,6 @@
 """Alembic environment: the same DATABASE_URL as the service, batch mode on SQLite.
 
-The URL is the config's `sqlalchemy.url` when set (`app.db.run_migrations` sets it), else
+The URL is the config's `sqlalchemy.url` when set (`app.storage.db.run_migrations` sets it), else
 `Settings().database_url` from the environment.
 """
 
@@ -10,9 +10,9 @@ import logging.config
 
 from alembic import context
 
-from app.db import make_engine, normalise_url
-from app.models_sql import Base
 from app.settings import Settings
+from app.storage.db import make_engine, normalise_url
+from app.storage.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

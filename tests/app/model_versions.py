@@ -7,7 +7,7 @@ from pathlib import Path
 
 from app_helpers import ITEMS, NAMES, tiny_model
 
-from app.db import SessionFactory, make_engine, make_session_factory, run_migrations
+from app.storage.db import SessionFactory, make_engine, make_session_factory, run_migrations
 from tanp.checkpoint import save_checkpoint
 
 # A web page for every other item; "" where the dataset has none.

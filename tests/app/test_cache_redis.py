@@ -18,6 +18,8 @@ import pytest
 import redis
 from app_helpers import AppFactory, TestClient
 
+from tests.support.network import free_port
+
 pytestmark = pytest.mark.integration
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -74,12 +76,6 @@ def test_second_identical_request_hits_redis(
             live_redis.delete(key)
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def assert_serves_without_cache(client: TestClient) -> None:
     """(With the in-process answer memo off: it would answer the repeat without Redis.)"""
     before = cache_errors(client)
@@ -97,7 +93,7 @@ def assert_serves_without_cache(client: TestClient) -> None:
 
 
 def test_unreachable_redis_still_serves(make_client: AppFactory) -> None:
-    client = make_client(redis_url=f"redis://127.0.0.1:{closed_port()}/0", answer_cache_entries=0)
+    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", answer_cache_entries=0)
     assert_serves_without_cache(client)
 
 
@@ -115,7 +111,7 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
 
 
 def test_many_keys_in_one_round_trip(live_redis: redis.Redis) -> None:
-    from app.cache import RedisCache
+    from app.serving.cache import RedisCache
 
     prefix = f"test-many-{uuid.uuid4().hex[:12]}"
     cache = RedisCache(url=REDIS_URL, ttl_seconds=30, timeout_seconds=1.0)

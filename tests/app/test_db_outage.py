@@ -8,13 +8,9 @@ wait in the spool; once the proxy is back they are written, with the new ones.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import socket
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,82 +18,12 @@ import pytest
 from app_helpers import AppFactory, TestClient, state_of
 from model_versions import save_version
 
+from tests.support.network import TcpProxy, free_port
+from tests.support.polling import wait_for
+
 POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
 POSTGRES_ADMIN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
 RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}], "k": 3}
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:<port> to Postgres; `cut` refuses and drops every connection."""
-
-    def __init__(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port: int = probe.getsockname()[1]
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._stop = threading.Event()
-        self._accept_thread: threading.Thread | None = None
-        self.restore()
-
-    def restore(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        listener.settimeout(0.1)
-        self._listener = listener
-        self._stop.clear()
-        self._accept_thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
-        self._accept_thread.start()
-
-    def cut(self) -> None:
-        self._stop.set()
-        if self._accept_thread is not None:
-            self._accept_thread.join(5)
-        if self._listener is not None:
-            self._listener.close()
-        with self._lock:
-            for connection in self._sockets:
-                self._close(connection)
-            self._sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection((POSTGRES_HOST, POSTGRES_PORT), timeout=3)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(None)
-            upstream.settimeout(None)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for source, target in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
-
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(source)
-            self._close(target)
-
-    @staticmethod
-    def _close(connection: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            connection.shutdown(socket.SHUT_RDWR)
-        connection.close()
 
 
 @pytest.fixture
@@ -118,7 +44,7 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 def proxy() -> Iterator[TcpProxy]:
-    forwarder = TcpProxy()
+    forwarder = TcpProxy((POSTGRES_HOST, POSTGRES_PORT))
     yield forwarder
     forwarder.cut()
 
@@ -147,16 +73,6 @@ def dropped_rows(client: TestClient) -> float:
 
 def pending_rows(client: TestClient) -> float:
     return metric(client, "tanp_request_log_pending_rows")
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll until `condition()` holds (bounded, so a broken build fails instead of hanging)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def recommend(client: TestClient, request_id: str) -> None:
@@ -191,7 +107,7 @@ def test_recommendations_survive_a_request_log_outage(
     during = {f"during-{index}" for index in range(10)}
     for request_id in sorted(during):
         recommend(client, request_id)
-    assert wait_for(lambda: failed_writes(client) > 0 and log.pending() == len(during))
+    assert wait_for(lambda: failed_writes(client) > 0 and log.pending() == len(during), timeout=30)
     assert not log.flush(timeout=0.5)  # nothing can land: the rows wait in the spool
     health = client.get("/health").json()
     assert health["db"].startswith("down") and health["status"] == "degraded"
@@ -213,9 +129,7 @@ def test_the_service_starts_and_serves_with_its_database_down(
 ) -> None:
     models = tmp_path / "models"
     save_version(models, "v1")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # nothing listens here once the probe closes
+    closed_port = free_port()  # nothing listens there
     client = make_client(
         models_dir=models,
         database_url=f"postgresql+psycopg://postgres@127.0.0.1:{closed_port}/nowhere",
@@ -227,5 +141,5 @@ def test_the_service_starts_and_serves_with_its_database_down(
     health = client.get("/health").json()
     assert (health["model_version"], health["status"]) == ("v1", "degraded")
     assert health["db"].startswith("down")
-    assert wait_for(lambda: failed_writes(client) > 0)
+    assert wait_for(lambda: failed_writes(client) > 0, timeout=30)
     assert state_of(client).request_log.pending() == 1  # kept for when the database answers

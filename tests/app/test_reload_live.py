@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from live_server import SERVE, Server, serve_environment
 from model_versions import two_versions
+
+from tests.support.live_server import SERVE, LiveServer, serve_environment
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -35,10 +36,10 @@ def models(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_server(tmp_path: Path, models: Path) -> Iterator[Any]:
-    servers: list[Server] = []
+    servers: list[LiveServer] = []
     database_url = f"sqlite:///{tmp_path / 'live.db'}"
 
-    def start(*, workers: int = 1, **extra: str) -> Server:
+    def start(*, workers: int = 1, **extra: str) -> LiveServer:
         env = serve_environment(
             MODELS_DIR=str(models),
             DATABASE_URL=database_url,
@@ -48,7 +49,7 @@ def start_server(tmp_path: Path, models: Path) -> Iterator[Any]:
         )
         # Migrate once up front: workers racing to migrate one SQLite file is not the test.
         subprocess.run([*SERVE, "migrate"], env=env, check=True, capture_output=True)
-        server = Server(env=env, workers=workers, log=tmp_path / f"serve-{len(servers)}.log")
+        server = LiveServer(env=env, workers=workers, log=tmp_path / f"serve-{len(servers)}.log")
         servers.append(server)
         server.wait_ready()
         return server

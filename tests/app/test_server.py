@@ -18,10 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import Server, free_port, serve_environment
 from model_versions import save_version
 
 from app.server import SUPERVISOR_PID_ENV, wait_for_port
+from tests.support.live_server import LiveServer, alive, serve_environment
+from tests.support.network import free_port
+from tests.support.polling import wait_for
 
 TIMEOUT_SECONDS = "1"
 PATIENCE = 30.0  # how long a check waits before it calls the server stuck
@@ -34,7 +36,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def start(models: Path, tmp: Path, *, workers: int, port: int | None = None) -> Server:
+def start(models: Path, tmp: Path, *, workers: int, port: int | None = None) -> LiveServer:
     env = serve_environment(
         MODELS_DIR=str(models),
         DATABASE_URL=f"sqlite:///{tmp / 'serve.db'}",
@@ -44,7 +46,7 @@ def start(models: Path, tmp: Path, *, workers: int, port: int | None = None) -> 
         BODY_TIMEOUT_SECONDS=TIMEOUT_SECONDS,
         KEEP_ALIVE_SECONDS=TIMEOUT_SECONDS,
     )
-    server = Server(
+    server = LiveServer(
         env=env, workers=workers, log=tmp / f"serve-{time.monotonic_ns()}.log", port=port
     )
     server.wait_ready()
@@ -52,7 +54,7 @@ def start(models: Path, tmp: Path, *, workers: int, port: int | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     running = start(models, tmp_path_factory.mktemp("serve"), workers=1)
     yield running
     running.stop()
@@ -67,18 +69,18 @@ def read_until_closed(connection: socket.socket) -> bytes:
     return received
 
 
-def connect(server: Server) -> socket.socket:
+def connect(server: LiveServer) -> socket.socket:
     return socket.create_connection(("127.0.0.1", server.port), timeout=PATIENCE)
 
 
 @pytest.mark.integration
-def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
+def test_a_connection_that_sends_nothing_is_closed(server: LiveServer) -> None:
     with connect(server) as connection:
         assert read_until_closed(connection) == b""
 
 
 @pytest.mark.integration
-def test_headers_that_never_end_get_a_408(server: Server) -> None:
+def test_headers_that_never_end_get_a_408(server: LiveServer) -> None:
     with connect(server) as connection:
         connection.sendall(b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\n")
         answer = read_until_closed(connection)
@@ -87,7 +89,7 @@ def test_headers_that_never_end_get_a_408(server: Server) -> None:
 
 
 @pytest.mark.integration
-def test_a_body_that_never_ends_gets_a_408_and_the_server_serves_on(server: Server) -> None:
+def test_a_body_that_never_ends_gets_a_408_and_the_server_serves_on(server: LiveServer) -> None:
     with connect(server) as connection:
         connection.sendall(
             b"POST /v1/recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -101,37 +103,11 @@ def test_a_body_that_never_ends_gets_a_408_and_the_server_serves_on(server: Serv
 
 
 @pytest.mark.integration
-def test_an_idle_keep_alive_connection_is_closed_after_its_answer(server: Server) -> None:
+def test_an_idle_keep_alive_connection_is_closed_after_its_answer(server: LiveServer) -> None:
     with connect(server) as connection:
         connection.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = read_until_closed(connection)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'{"status":"ok"}')
-
-
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        found |= {int(child) for child in text}
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status  # a zombie has stopped; only its parent may reap it
-
-
-def wait_for(condition: object, timeout: float = PATIENCE) -> bool:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 @pytest.mark.integration
@@ -143,11 +119,11 @@ def test_workers_stop_with_a_killed_parent_and_a_restart_needs_no_hands(
     port = free_port()
     first = start(models, tmp_path, workers=2, port=port)
     try:
-        workers = children(first.process.pid)
+        workers = first.workers()
         assert len(workers) >= 2
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(PATIENCE)
-        assert wait_for(lambda: not any(alive(worker) for worker in workers)), [
+        assert wait_for(lambda: not any(alive(worker) for worker in workers), timeout=PATIENCE), [
             worker for worker in workers if alive(worker)
         ]
         second = start(models, tmp_path, workers=2, port=port)

@@ -25,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from app.api.deps import RETRY_AFTER_SECONDS
+from app.errors import RETRY_AFTER_SECONDS
 from app.main import create_app
 from app.settings import Settings
 from app.state import ServiceState

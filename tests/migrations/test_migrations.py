@@ -18,8 +18,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, inspect
 
-from app.db import alembic_config, make_engine, run_migrations
-from app.models_sql import Base
+from app.storage.db import alembic_config, make_engine, run_migrations
+from app.storage.tables import Base
 
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 TABLES = {"model_versions", "catalog_items", "request_log", "admin_audit"}

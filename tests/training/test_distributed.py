@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +12,12 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.support.network import free_port
 from training.cli import main
 
 pytestmark = pytest.mark.trains
 
 ARGUMENTS = ["--split", "random", "--seed", "1", "--epochs", "2", "--batch-size", "8", "--quiet"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_two_processes_train_what_one_process_trains(synthetic_csv: Path, tmp_path: Path) -> None:

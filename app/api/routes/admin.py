@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.api.audit import AuditedRoute
 from app.api.deps import ModelServiceDep, require_admin
-from app.models_service import ModelService
+from app.lifecycle.service import ModelService
 from app.schemas import ActivateResponse, ModelsResponse, ReloadRequest
 
 router = APIRouter(
@@ -44,7 +44,7 @@ def list_models(request: Request, models: ModelServiceDep) -> ModelsResponse:
     """Versions on disk and in the registry, which one this worker serves, every worker's."""
     overview = models.overview()
     request.state.audit_message = f"{len(overview.versions)} versions"
-    return overview
+    return ModelsResponse.model_validate(overview)
 
 
 @router.post("/models/reload", response_model=ActivateResponse, responses=_ACTIVATE_RESPONSES)

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import ServingModelDep
 from app.errors import NotFoundError
-from app.holder import ServingModel
 from app.schemas import CatalogItem, CatalogSearchResponse
+from app.serving.model import ServingModel
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 

@@ -1,9 +1,7 @@
-"""`POST /v1/recommend` (and its alias `POST /recommend`): maps HTTP to `Recommender.recommend`.
-
-An `async def` route: the model work runs on the recommender's micro-batch thread, never on the
-event loop, and the answer is written as `RecommendResponse`'s JSON directly (no second model
-build and validation, no thread hop for it). The request uses the one `ServingModel` its
-dependency read, even if a reload swaps the holder meanwhile.
+"""`POST /v1/recommend` (and its alias `POST /recommend`): maps HTTP to
+`Recommender.recommend_async` and writes `RecommendResponse`'s JSON directly (no second model
+build and validation). The request uses the one `ServingModel` its dependency read, even if a
+reload swaps the holder meanwhile.
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Response
+from pydantic_core import to_json
 
 from app.api.deps import RecommenderDep, RequestIdDep, ServingModelDep
 from app.schemas import (
@@ -18,8 +17,8 @@ from app.schemas import (
     RECOMMEND_RESPONSE_EXAMPLE,
     RecommendRequest,
     RecommendResponse,
-    recommend_response_json,
 )
+from app.serving.pipeline import Recommendation
 
 router = APIRouter(tags=["recommend"])
 
@@ -59,6 +58,29 @@ async def recommend(
     answer = await recommender.recommend_async(model=model, request=body, request_id=request_id)
     return Response(
         recommend_response_json(answer, request_id=request_id), media_type="application/json"
+    )
+
+
+def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes:
+    """`RecommendResponse`'s JSON for an answer, byte for byte what FastAPI's `response_model`
+    path writes, without building and re-validating the models (every field's type is fixed
+    by `Recommendation`)."""
+    return to_json(
+        {
+            "items": [
+                {
+                    "item_id": item.item_id,
+                    "name": item.name,
+                    "score": item.score,
+                    "uncertainty": item.uncertainty,
+                }
+                for item in answer.items
+            ],
+            "model_version": answer.model_version,
+            "cached": answer.cached,
+            "fallback": answer.fallback,
+            "request_id": request_id,
+        }
     )
 
 
