@@ -34,12 +34,14 @@ system-deps:
 hooks: install-dev
 	$(BIN)/pre-commit install
 
-# hadolint and `docker-compose config` come from the dev extras; compose needs no engine for
-# `config`. The secrets are dummies: compose refuses to start without them (a test checks that).
+# hadolint, `docker-compose config`, kubectl (its built-in kustomize) and kubernetes-validate come
+# from the dev extras; none needs an engine or a cluster. The secrets are dummies: compose refuses
+# to start without them (a test checks that).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/python scripts/check_k8s.py
 	@if [ -x $(BIN)/docker-compose ]; then \
 	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml"; do \
 	    echo "docker-compose --env-file .env.example $$files config -q"; \
