@@ -43,7 +43,8 @@ lint: install-dev
 	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/python scripts/check_k8s.py
 	@if [ -x $(BIN)/docker-compose ]; then \
-	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml"; do \
+	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml" \
+	    "-f docker-compose.yml -f docker-compose.replicas.yml"; do \
 	    echo "docker-compose --env-file .env.example $$files config -q"; \
 	    ADMIN_TOKEN=lint POSTGRES_PASSWORD=lint \
 	      $(BIN)/docker-compose --env-file .env.example $$files config -q || exit 1; \
