@@ -592,3 +592,19 @@ def test_stop_grace_periods_cover_the_drains() -> None:
     assert seconds(replicas["api"]["stop_grace_period"]) > float(shutdown.split(":-")[1][:-1])
     (hard_stop,) = [d for d in haproxy_sections()["global"] if d.startswith("hard-stop-after")]
     assert seconds(replicas["proxy"]["stop_grace_period"]) > seconds(hard_stop.split()[1])
+
+
+def test_scaling_doc_holds_the_tables_its_inputs_give() -> None:
+    """docs/scaling.md's tables are bench/sizing.py's output for bench/sizing_inputs.json."""
+    checked = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sizing.py"),
+            "--check",
+            str(ROOT / "docs" / "scaling.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
