@@ -115,7 +115,7 @@ def command_load(args: argparse.Namespace) -> int:
         for index, due, settled, status, response in sorted(records):
             served_by, version = parse_answer(response)
             line = {
-                "id": f"{args.name}-{index:06d}",
+                "request_id": f"{args.name}-{index:06d}",
                 "due": round(wall + due - perf, 6),
                 "settled": round(wall + settled - perf, 6),
                 "status": status,
@@ -163,20 +163,7 @@ class ProxyLine:
 def read_load(path: Path) -> tuple[dict[str, Any], list[Answer]]:
     lines = path.read_text().splitlines()
     header = json.loads(lines[0])
-    answers = []
-    for line in lines[1:]:
-        fields = json.loads(line)
-        answers.append(
-            Answer(
-                request_id=fields["id"],
-                due=fields["due"],
-                settled=fields["settled"],
-                status=fields["status"],
-                served_by=fields["served_by"],
-                version=fields["version"],
-            )
-        )
-    return header, answers
+    return header, [Answer(**json.loads(line)) for line in lines[1:]]
 
 
 def utc_seconds(text: str, layout: str) -> float:
