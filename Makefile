@@ -6,7 +6,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVE_STAMP := $(VENV)/.serve-installed
 
 .PHONY: install install-dev system-deps hooks lint typecheck imports test test-fast bench demo serve \
-	compose-smoke lock clean
+	compose-smoke replicas-smoke lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,14 +34,17 @@ system-deps:
 hooks: install-dev
 	$(BIN)/pre-commit install
 
-# hadolint and `docker-compose config` come from the dev extras; compose needs no engine for
-# `config`. The secrets are dummies: compose refuses to start without them (a test checks that).
+# hadolint, `docker-compose config`, kubectl (its built-in kustomize) and kubernetes-validate come
+# from the dev extras; none needs an engine or a cluster. The secrets are dummies: compose refuses
+# to start without them (a test checks that).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint docker/Dockerfile
+	$(BIN)/python scripts/check_k8s.py
 	@if [ -x $(BIN)/docker-compose ]; then \
-	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml"; do \
+	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml" \
+	    "-f docker-compose.yml -f docker-compose.replicas.yml"; do \
 	    echo "docker-compose --env-file .env.example $$files config -q"; \
 	    ADMIN_TOKEN=lint POSTGRES_PASSWORD=lint \
 	      $(BIN)/docker-compose --env-file .env.example $$files config -q || exit 1; \
@@ -72,6 +75,11 @@ demo: install
 # The README's production path on a Docker engine (../shared/tools/container-engine.sh up).
 compose-smoke:
 	bash scripts/compose_smoke.sh
+
+# Three api replicas behind HAProxy under load: a replica killed, one added, a reload, Redis
+# restarted; the proxy's cost (README "Replicas and Kubernetes").
+replicas-smoke:
+	bash scripts/replicas_smoke.sh
 
 # Rewrite the images' lock files (docker/requirements/) from pyproject.toml.
 lock: install-dev

@@ -6,7 +6,9 @@ waits for the first connection to free up. Its latency is counted from its due t
 server that falls behind is charged for the queueing (no coordinated omission). Responses are
 parsed by hand (status line, Content-Length): no HTTP library on the hot path, uvloop when
 installed. A response that is not 200, a dropped connection and a request still unanswered
-`timeout` seconds after the last one was due are errors.
+`timeout` seconds after the last one was due are errors. `record`, when given, is called with
+every request's fate: (index, due, settled, status, response bytes), status 0 when the
+connection failed or dropped it (times are `time.perf_counter()` seconds).
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ import asyncio
 import collections
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 _HEADER_END = b"\r\n\r\n"
 
+# (index, due, settled, status, response): see the module docstring
+Recorder = Callable[[int, float, float, int, bytes], None]
 
-def post_bytes(*, host: str, path: str, body: dict[str, Any]) -> bytes:
+
+def post_bytes(
+    *, host: str, path: str, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> bytes:
     """One keep-alive POST of a JSON body, ready to write on a socket."""
     payload = json.dumps(body, separators=(",", ":")).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
         f"Content-Length: {len(payload)}\r\n\r\n"
     ).encode("ascii")
     return head + payload
@@ -47,6 +56,7 @@ class _Connection(asyncio.Protocol):
         self.transport: Any = None  # uvloop's transports are not asyncio.Transport subclasses
         self.buffer = bytearray()
         self.due: float | None = None  # the request in flight's due time
+        self.index = -1  # the request in flight's position in the payloads
         self.expected: int | None = None  # bytes of the whole response once the head is read
         self.status = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -55,9 +65,10 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self.ready.set_result(None)
 
-    def send(self, payload: bytes, due: float) -> None:
+    def send(self, payload: bytes, due: float, index: int) -> None:
         assert self.transport is not None
         self.due = due
+        self.index = index
         self.transport.write(payload)
 
     def data_received(self, data: bytes) -> None:
@@ -78,42 +89,46 @@ class _Connection(asyncio.Protocol):
                 self.expected = end + len(_HEADER_END) + length
             if len(self.buffer) < self.expected:
                 return
+            response = bytes(self.buffer[: self.expected]) if self.generator.record else b""
             del self.buffer[: self.expected]
             self.expected = None
             due, self.due = self.due, None
-            self.generator.finished(self, due, self.status)
+            self.generator.finished(self, due, self.status, self.index, response)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         due, self.due = self.due, None
-        self.generator.lost(self, due, exc)
+        self.generator.lost(self, due, exc, self.index)
 
 
 class _Generator:
-    def __init__(self, *, host: str, port: int, max_connections: int) -> None:
+    def __init__(
+        self, *, host: str, port: int, max_connections: int, record: Recorder | None
+    ) -> None:
         self.host = host
         self.port = port
         self.max_connections = max_connections
+        self.record = record
         self.idle: list[_Connection] = []
         self.open = 0
-        self.waiting: collections.deque[tuple[bytes, float]] = collections.deque()
+        self.waiting: collections.deque[tuple[bytes, float, int]] = collections.deque()
         self.outcome = Outcome()
         self.in_flight = 0
         self.done = asyncio.Event()
         self.sending = True
 
-    def submit(self, payload: bytes, due: float) -> None:
+    def submit(self, payload: bytes, due: float, index: int) -> None:
         self.in_flight += 1
         if self.idle:
-            self.idle.pop().send(payload, due)
+            self.idle.pop().send(payload, due, index)
         elif self.open < self.max_connections:
             self.open += 1
             self.outcome.connections += 1
-            asyncio.get_running_loop().create_task(self._connect(payload, due))
+            asyncio.get_running_loop().create_task(self._connect(payload, due, index))
         else:
-            self.waiting.append((payload, due))
+            self.waiting.append((payload, due, index))
 
-    async def _connect(self, payload: bytes, due: float) -> None:
+    async def _connect(self, payload: bytes, due: float, index: int) -> None:
         loop = asyncio.get_running_loop()
         try:
             _, connection = await loop.create_connection(
@@ -121,12 +136,18 @@ class _Generator:
             )
         except OSError as error:
             self.open -= 1
+            if self.record:
+                self.record(index, due, time.perf_counter(), 0, b"")
             self._count_error(f"connect: {error}")
             return
-        connection.send(payload, due)
+        connection.send(payload, due, index)
 
-    def finished(self, connection: _Connection, due: float, status: int) -> None:
+    def finished(
+        self, connection: _Connection, due: float, status: int, index: int, response: bytes
+    ) -> None:
         now = time.perf_counter()
+        if self.record:
+            self.record(index, due, now, status, response)
         self.outcome.statuses[status] += 1
         if status == 200:
             self.outcome.latencies.append(now - due)
@@ -134,21 +155,23 @@ class _Generator:
             self._count_error(f"status {status}", settle=False)
         self._settle()
         if self.waiting:
-            payload, next_due = self.waiting.popleft()
-            connection.send(payload, next_due)
+            connection.send(*self.waiting.popleft())
         else:
             self.idle.append(connection)
 
-    def lost(self, connection: _Connection, due: float | None, exc: Exception | None) -> None:
+    def lost(
+        self, connection: _Connection, due: float | None, exc: Exception | None, index: int
+    ) -> None:
         self.open -= 1
         if connection in self.idle:
             self.idle.remove(connection)
         if due is not None:
+            if self.record:
+                self.record(index, due, time.perf_counter(), 0, b"")
             self._count_error(f"connection lost: {exc}")
         if self.waiting and self.open < self.max_connections:
-            payload, next_due = self.waiting.popleft()
             self.in_flight -= 1
-            self.submit(payload, next_due)
+            self.submit(*self.waiting.popleft())
 
     def _count_error(self, reason: str, *, settle: bool = True) -> None:
         self.outcome.errors += 1
@@ -170,8 +193,9 @@ async def _run(
     rate: float,
     max_connections: int,
     timeout: float,
+    record: Recorder | None,
 ) -> Outcome:
-    generator = _Generator(host=host, port=port, max_connections=max_connections)
+    generator = _Generator(host=host, port=port, max_connections=max_connections, record=record)
     started = time.perf_counter()
     interval = 1.0 / rate
     for index, payload in enumerate(payloads):
@@ -181,7 +205,7 @@ async def _run(
             await asyncio.sleep(delay)
         elif index % 8 == 0:
             await asyncio.sleep(0)  # behind schedule: still read the responses
-        generator.submit(payload, due)
+        generator.submit(payload, due, index)
     generator.sending = False
     if generator.in_flight:
         try:
@@ -204,6 +228,7 @@ def drive(
     rate: float,
     max_connections: int = 512,
     timeout: float = 10.0,
+    record: Recorder | None = None,
 ) -> Outcome:
     """Send `payloads` at `rate` per second (open loop); blocks until every one is settled."""
     try:
@@ -220,5 +245,6 @@ def drive(
             rate=rate,
             max_connections=max_connections,
             timeout=timeout,
+            record=record,
         )
     )

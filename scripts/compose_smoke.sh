@@ -16,84 +16,20 @@
 # (build without the layer cache, for a cold-build time).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+SMOKE=compose-smoke
+# shellcheck source=scripts/smoke_lib.sh
+source scripts/smoke_lib.sh
 
-say() { printf 'compose-smoke: %s\n' "$*"; }
-fail() { printf 'compose-smoke: FAILED: %s\n' "$*" >&2; exit 1; }
-now() { date +%s.%N; }
-secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-
-command -v docker >/dev/null || fail "no docker CLI (run ../shared/tools/container-engine.sh up)"
-docker compose version >/dev/null 2>&1 || fail "no 'docker compose' plugin"
-docker info >/dev/null 2>&1 || fail "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset})"
-DATA=$(cd "${TANP_DATA_HOST_DIR:-../shared/data/lastfm}" 2>/dev/null && pwd) \
-  || fail "no dataset folder ${TANP_DATA_HOST_DIR:-../shared/data/lastfm} (set TANP_DATA_HOST_DIR)"
-
-SCRATCH=$(mktemp -d /tmp/tanp-compose-smoke.XXXXXX)
-WORK=$SCRATCH/tanp-rec
-mkdir -p "$WORK"
-git ls-files -z --cached --others --exclude-standard \
-  | tar --null --files-from - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$WORK"
-export COMPOSE_PROJECT_NAME="tanpsmoke$$"
-export COMPOSE_PROGRESS=plain
-unset ADMIN_TOKEN POSTGRES_PASSWORD TRAIN_ARGS TRAIN_RUN_NAME API_PORT
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-BASE=http://127.0.0.1:$PORT
-TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-cd "$WORK"
-
-cleanup() {
-  local status=$?
-  if [ $status -ne 0 ]; then
-    say "logs of the failed run:"
-    docker compose --profile train logs --no-color --tail 40 2>&1 | sed 's/^/  /' || true
-  fi
-  docker compose --profile train down -v --remove-orphans >/dev/null 2>&1 || true
-  [ -z "${REBUILT:-}" ] || docker image rm "$REBUILT" >/dev/null 2>&1 || true
-  rm -rf "$SCRATCH"
-  exit $status
-}
-trap cleanup EXIT
-
-# --- .env as the README says: copy the example, set the secrets and the data folder -------------
-cp .env.example .env
-python3 - "$TOKEN" "$DATA" "$PORT" "${SMOKE_TRAIN_ARGS:---split hetrec-median --preset demo --no-baselines}" <<'PY'
-import re, secrets, sys
-token, data, port, train_args = sys.argv[1:]
-values = {"ADMIN_TOKEN": token, "POSTGRES_PASSWORD": secrets.token_hex(24),
-          "TANP_DATA_HOST_DIR": data, "API_PORT": port, "TRAIN_ARGS": train_args}
-text = open(".env").read()
-for name, value in values.items():
-    text, count = re.subn(rf"^{name}=.*$", f"{name}={value}", text, flags=re.M)
-    assert count == 1, f".env.example has no single {name}= line"
-open(".env", "w").write(text)
-PY
+smoke_preflight
+smoke_scratch tanpsmoke
+smoke_extra_cleanup() { [ -z "${REBUILT:-}" ] || docker image rm "$REBUILT" >/dev/null 2>&1; }
+smoke_env_file
 say "project $COMPOSE_PROJECT_NAME in $WORK, API on port $PORT, data $DATA"
-
-declare -A T
-step() { # NAME COMMAND...: run, time, fail with the command's output
-  local name=$1 start
-  shift
-  start=$(now)
-  say "\$ $*"
-  if ! "$@" >"$SCRATCH/step.log" 2>&1; then
-    tail -n 40 "$SCRATCH/step.log" | sed 's/^/  /' >&2
-    fail "$name: '$*' exited non-zero"
-  fi
-  T[$name]=$(secs "$start")
-  say "$name: ${T[$name]} s"
-}
-get() { curl -sS --max-time 30 "$@"; }
-json() { python3 -c "import json, sys; d = json.load(sys.stdin); print(($1))" "${@:2}"; }
-# Pink Floyd and Arctic Monkeys liked, The Pussycat Dolls not (HetRec artist ids)
-SUPPORT='{"support":[{"item_id":"163","rating":1},{"item_id":"207","rating":1},{"item_id":"349","rating":0}],"k":5}'
-recommend() { get -X POST "$BASE$1" -H 'Content-Type: application/json' -d "$SUPPORT"; }
 
 # --- the README's production path ----------------------------------------------------------------
 step build docker compose --profile train build ${SMOKE_NO_CACHE:+--no-cache}
 step train docker compose --profile train run --rm train
 step up docker compose up -d --wait
-V1=$(grep -E '^TRAIN_RUN_NAME=' .env | cut -d= -f2)
 
 ready=$(get "$BASE/readyz")
 [ "$(json 'd["model_version"]' <<<"$ready")" = "$V1" ] || fail "/readyz: $ready"
@@ -140,8 +76,7 @@ touch "$SCRATCH/flowing"
 FLOW=$!
 sleep 2
 start=$(now)
-reload=$(get -X POST "$BASE/admin/models/reload" -H "Authorization: Bearer $TOKEN" \
-  -H 'Content-Type: application/json' -d "{\"version\": \"$V2\"}")
+reload=$(reload "$V2")
 T[reload]=$(secs "$start")
 sleep 2
 rm -f "$SCRATCH/flowing"

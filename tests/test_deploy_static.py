@@ -1,10 +1,11 @@
-"""Static checks of the deployment files: compose, the GPU override, the Dockerfile, the image
-lock files, .env.example.
+"""Static checks of the deployment files: compose, the GPU and replicas overrides, HAProxy's
+configuration, the Dockerfile, the image lock files, .env.example.
 
 Parses the files with PyYAML, tomllib and regular expressions; needs no Docker engine (the compose
 client, when installed, checks that compose refuses to start without its secrets). Compares them
 with what they depend on: pyproject's scripts and dependencies, app.settings.Settings, the tree.
-`make compose-smoke` runs them for real.
+`make compose-smoke` and `make replicas-smoke` run them for real; tests/test_deploy_k8s.py
+checks the Kubernetes manifests.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from app.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 GPU_OVERRIDE = ROOT / "docker-compose.gpu.yml"
+REPLICAS_OVERRIDE = ROOT / "docker-compose.replicas.yml"
+COMPOSE_FILES = (COMPOSE, GPU_OVERRIDE, REPLICAS_OVERRIDE)
+HAPROXY_CFG = ROOT / "docker" / "haproxy" / "haproxy.cfg"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -44,8 +48,19 @@ VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 REQUIRED = r"\$\{%s:\?[^}]+\}"
 
 
+class Reset(list[Any]):
+    """A value compose's `!reset` tag replaces the base file's with (an override file's)."""
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader plus compose's `!reset` tag."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: Reset(loader.construct_sequence(node)))
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    document = yaml.safe_load(path.read_text())
+    document = yaml.load(path.read_text(), Loader=ComposeLoader)  # a SafeLoader
     assert isinstance(document, dict), f"{path.name} is not a mapping"
     return document
 
@@ -115,6 +130,7 @@ def exec_form(arguments: str) -> list[str]:
 def test_compose_files_parse_and_name_the_services() -> None:
     assert set(services()) == {"api", "postgres", "redis", "migrate", "train"}
     assert set(services(GPU_OVERRIDE)) == {"api", "migrate"}
+    assert set(services(REPLICAS_OVERRIDE)) == {"api", "proxy"}
 
 
 def test_every_long_running_service_has_a_healthcheck() -> None:
@@ -151,7 +167,7 @@ def test_depends_on_waits_for_health_and_for_the_migration() -> None:
 
 
 def test_secrets_come_from_the_environment_required_and_with_no_default() -> None:
-    for path in (COMPOSE, GPU_OVERRIDE):
+    for path in COMPOSE_FILES:
         for name, modifier in VARIABLE.findall(path.read_text()):
             if name in SECRETS:
                 assert modifier.startswith(":?"), f"{path.name}: ${{{name}{modifier}}}"
@@ -167,7 +183,7 @@ def test_secrets_come_from_the_environment_required_and_with_no_default() -> Non
 
 
 def test_no_literal_secret_in_the_compose_files() -> None:
-    for path in (COMPOSE, GPU_OVERRIDE):
+    for path in COMPOSE_FILES:
         for name, service in services(path).items():
             for key, value in environment(service).items():
                 if re.search(r"PASSWORD|TOKEN|SECRET", key):
@@ -189,7 +205,8 @@ def test_compose_config_refuses_to_start_without_the_secrets(tmp_path: Path) -> 
     base = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("COMPOSE")}
     empty = tmp_path / "empty.env"
     empty.write_text("")
-    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(GPU_OVERRIDE)]):
+    for override in (None, GPU_OVERRIDE, REPLICAS_OVERRIDE):
+        files = ["-f", str(COMPOSE), *(["-f", str(override)] if override else [])]
         command = [client, "--env-file", str(empty), *files, "config", "-q"]
         refused = subprocess.run(command, env=base, capture_output=True, text=True, check=False)
         assert refused.returncode != 0
@@ -458,9 +475,7 @@ def test_env_example_documents_every_variable_once_with_a_comment() -> None:
             documented[match.group(1)] = number
             previous = lines[number - 1] if number else ""
             assert previous.startswith("# "), f"{match.group(1)} has no comment line"
-    used = {
-        name for path in (COMPOSE, GPU_OVERRIDE) for name, _ in VARIABLE.findall(path.read_text())
-    }
+    used = {name for path in COMPOSE_FILES for name, _ in VARIABLE.findall(path.read_text())}
     missing = (used | settings_variables()) - set(documented)
     assert not missing, f".env.example does not document {sorted(missing)}"
 
@@ -475,7 +490,7 @@ def test_env_example_agrees_with_the_compose_defaults() -> None:
     """A copied .env.example changes nothing but the secrets (DEVICE=auto once overrode compose's
     cpu); the secrets are there, empty, for the operator to fill."""
     values = env_example_values()
-    for path in (COMPOSE, GPU_OVERRIDE):
+    for path in COMPOSE_FILES:
         for name, modifier in VARIABLE.findall(path.read_text()):
             if modifier.startswith(":-") and name in values:
                 assert values[name] == modifier[2:], f"{name}: .env.example {values[name]!r}"
@@ -486,3 +501,110 @@ def test_env_example_agrees_with_the_compose_defaults() -> None:
         assert compose_sets not in values, (
             f"{compose_sets} in .env.example would be ignored or override"
         )
+
+
+def test_replicas_override_publishes_the_api_only_through_the_proxy() -> None:
+    api, proxy = services(REPLICAS_OVERRIDE)["api"], services(REPLICAS_OVERRIDE)["proxy"]
+    assert isinstance(api["ports"], Reset) and api["ports"] == []
+    assert api["deploy"]["replicas"] == "${API_REPLICAS:-3}"
+    assert proxy["ports"] == ["${PROXY_BIND:-127.0.0.1}:${API_PORT:-8000}:8080"]
+    assert proxy["image"] == "${HAPROXY_IMAGE:-haproxy:2.6}"
+    assert proxy["volumes"] == [
+        "./docker/haproxy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+    ]
+    assert proxy["restart"] == "unless-stopped"
+    assert "/healthz" in " ".join(proxy["healthcheck"]["test"])
+
+
+def test_proxy_is_hardened_like_every_other_service() -> None:
+    """Anchors do not cross files: the override repeats docker-compose.yml's block verbatim."""
+    assert load_yaml(REPLICAS_OVERRIDE)["x-hardening"] == load_yaml(COMPOSE)["x-hardening"]
+    proxy = services(REPLICAS_OVERRIDE)["proxy"]
+    for key, value in load_yaml(COMPOSE)["x-hardening"].items():
+        assert proxy[key] == value, key
+    assert "cap_add" not in proxy  # binds 8080 and 8404, above 1024, as the image's user
+    assert proxy["deploy"]["resources"]["limits"]["memory"] == "${PROXY_MEMORY_LIMIT:-256m}"
+
+
+def haproxy_sections() -> dict[str, list[str]]:
+    """HAProxy's configuration: 'SECTION NAME' -> its directives, comments dropped."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith("log-format") else raw
+        if not line:
+            continue
+        if not raw.startswith((" ", "\t")):
+            current = sections.setdefault(line, [])
+        else:
+            current.append(line.strip())
+    return sections
+
+
+def test_haproxy_finds_replicas_by_dns_checks_readyz_and_retries_elsewhere() -> None:
+    sections = haproxy_sections()
+    assert "master-worker" in sections["global"]  # SIGUSR2 reloads without dropping
+    assert any(d.startswith("hard-stop-after ") for d in sections["global"])
+    assert "nameserver dns 127.0.0.11:53" in sections["resolvers docker"]  # Docker's DNS
+    backend = sections["backend api"]
+    (template,) = [d for d in backend if d.startswith("server-template ")]
+    assert template.split()[1:4] == ["api", "10", "api:8000"]
+    assert "check" in template.split() and "resolvers docker" in template
+    assert "init-addr none" in template  # starts before any replica exists
+    assert "option httpchk" in backend
+    assert "http-check send meth GET uri /readyz ver HTTP/1.1 hdr Host proxy" in backend
+    assert "http-check expect status 200" in backend
+    assert "http-response set-header X-Served-By %s" in backend
+    defaults = sections["defaults"]
+    assert "retry-on conn-failure empty-response" in defaults
+    assert "option redispatch 1" in defaults
+    assert any(re.fullmatch(r"retries [1-9]", d) for d in defaults)
+    assert "option http-buffer-request" in defaults  # a retried request must be whole
+    timeouts = dict(d.split()[1:3] for d in defaults if d.startswith("timeout "))
+    assert set(timeouts) >= {"connect", "client", "server", "http-request", "http-keep-alive"}
+    # the proxy closes idle client connections first, and waits for headers as long as the api
+    api = environment(services()["api"])
+    assert int(timeouts["http-keep-alive"].rstrip("s")) < int(
+        api["KEEP_ALIVE_SECONDS"].split(":-")[1].rstrip("}")
+    )
+    assert float(timeouts["http-request"].rstrip("s")) == float(
+        api["HEADER_TIMEOUT_SECONDS"].split(":-")[1].rstrip("}")
+    )
+    # the stats page and /healthz listen on a port the override does not publish
+    (bind,) = [d for d in sections["frontend internal"] if d.startswith("bind ")]
+    assert not any(
+        ":" + bind.split(":")[-1] in port for port in services(REPLICAS_OVERRIDE)["proxy"]["ports"]
+    )
+    assert "bind :8080" in sections["frontend api"]
+
+
+def seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", duration)
+    assert match, duration
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_stop_grace_periods_cover_the_drains() -> None:
+    """docker stop sends SIGKILL after stop_grace_period: it must outlast the api's graceful
+    shutdown and the proxy's hard-stop-after."""
+    replicas = services(REPLICAS_OVERRIDE)
+    shutdown = environment(services()["api"])["GRACEFUL_SHUTDOWN_SECONDS"]
+    assert seconds(replicas["api"]["stop_grace_period"]) > float(shutdown.split(":-")[1][:-1])
+    (hard_stop,) = [d for d in haproxy_sections()["global"] if d.startswith("hard-stop-after")]
+    assert seconds(replicas["proxy"]["stop_grace_period"]) > seconds(hard_stop.split()[1])
+
+
+def test_scaling_doc_holds_the_tables_its_inputs_give() -> None:
+    """docs/scaling.md's tables are bench/sizing.py's output for bench/sizing_inputs.json."""
+    checked = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sizing.py"),
+            "--check",
+            str(ROOT / "docs" / "scaling.md"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
