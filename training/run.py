@@ -167,6 +167,12 @@ def train_run(
         "seed": prepared.seed if prepared.seed is not None else train.seed,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        # the selected epoch's validation NDCG@5 over the mean_task ablation's, and whether it
+        # cleared train.min_task_gain (false: no epoch did, the best of all was kept)
+        "best_epoch_task_gain": finite_or_none(
+            result.history[result.best_epoch - 1].valid_task_gain
+        ),
+        "best_epoch_eligible": result.history[result.best_epoch - 1].eligible,
         "train_seconds": round(result.train_seconds, 2),
         "epoch_seconds_median": round(
             float(np.median([h.train_seconds for h in result.history])), 4
@@ -192,6 +198,10 @@ def train_run(
     write_history(out / "history.csv", result)
     plot_curves(out / "curves.png", result)
     return metrics
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def write_history(path: Path, result: TrainResult) -> None:

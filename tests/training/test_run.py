@@ -19,6 +19,7 @@ def test_cli_train_writes_the_documented_run_directory(trained_run: Path) -> Non
     assert set(metrics) == {
         "model", "split", "seed", "best_epoch", "epochs_run", "train_seconds",
         "epoch_seconds_median", "valid", "test", "baselines", "ablations",
+        "best_epoch_task_gain", "best_epoch_eligible",
     }  # fmt: skip
     for block in ("paper", "standard", "catalog"):
         assert block in metrics["test"] and block in metrics["valid"]
