@@ -97,31 +97,45 @@ class Scorer:
         return self.model.shortlist is not None and 0 < count < self.config.num_items
 
     @torch.inference_mode()
-    def shortlist_scores(
-        self, state: TaskState, *, count: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """One task (B = 1): the shortlist head's `count` best items over the whole catalog
-        (less `exclude`), then the decoder's scores of those: (items (C,), scores (C,)).
-        Needs a fitted shortlist head (`can_shortlist`)."""
+    def first_pass(
+        self, state: TaskState, *, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One task (B = 1): the shortlist head's score of every catalog item (N,), -inf for
+        `exclude` (and for NaN), and the catalog's neighbour affinity (1, N, 3) it used (None
+        without neighbours). Needs a shortlist head (`can_shortlist`)."""
         head = self.model.shortlist
         if head is None:
             raise ValueError("this model has no shortlist head")
-        affinity = self.model.target_affinity(state, None)  # (1, N, 3) or None
-        user = head.user_side(state.prior.mu, state.task)
-        first = head(user, self.item_x, affinity)[0]  # (N,)
+        user = head.user_side(state.prior.mu, state.task)[0]  # (X + 3,)
+        first = self.item_x @ user[: head.x_dim]  # (N,)
+        affinity = self.model.target_affinity(state, None)
+        if affinity is not None:
+            first += affinity[0] @ user[head.x_dim :]
         if exclude is not None and exclude.numel():
             first[exclude.to(self.device)] = -torch.inf
-        # NaN first-pass scores sort last here; the decoder's scores are checked by the caller
-        first = first.nan_to_num(nan=-torch.inf)
-        chosen = first.topk(min(count, first.shape[0])).indices  # (C,)
-        scores = self.model.decode(
-            x=self.item_x[chosen].unsqueeze(0),
-            item_part=self.item_part[chosen].unsqueeze(0),
+        # NaN first-pass scores sort last; the decoder's scores are checked by the caller
+        return first.nan_to_num(nan=-torch.inf), affinity
+
+    @torch.inference_mode()
+    def decode_shortlist(self, state: TaskState, items: Tensor, affinity: Tensor | None) -> Tensor:
+        """The decoder's scores (C,) of one task's shortlisted `items` (C,), given the catalog
+        affinity `first_pass` returned."""
+        return self.model.decode(
+            x=self.item_x[items].unsqueeze(0),
+            item_part=self.item_part[items].unsqueeze(0),
             z=state.prior.mu,
             state=state,
-            affinity=None if affinity is None else affinity[:, chosen],
+            affinity=None if affinity is None else affinity[:, items],
         )[0]
-        return chosen, scores
+
+    def shortlist_scores(
+        self, state: TaskState, *, count: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One task (B = 1): the first pass's `count` best items over the whole catalog (less
+        `exclude`), then the decoder's scores of those: (items (C,), scores (C,))."""
+        first, affinity = self.first_pass(state, exclude=exclude)
+        chosen = first.topk(min(count, first.shape[0])).indices  # (C,)
+        return chosen, self.decode_shortlist(state, chosen, affinity)
 
     @torch.inference_mode()
     def candidates(self, state: TaskState, *, count: int) -> Tensor:
