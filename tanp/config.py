@@ -12,6 +12,7 @@ from typing import Any, Literal
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
 Aggregator = Literal["mean", "attention"]
+LatentAggregation = Literal["mean", "bayesian"]
 
 # Fields of older manifests: renamed ones (old -> new name), and retired options with the one
 # value that changed nothing (what a model trained before their removal holds).
@@ -40,6 +41,9 @@ class TaNPConfig:
     `taste_head`: the score gains (W z) . x_i, z read against the target's own features.
     `shortlist`: a bilinear first pass over the catalog (tanp.shortlist), fitted after training,
     so a big catalog's cold request decodes only its top items.
+    `latent_aggregation="bayesian"`: every point gives Gaussian evidence about z, combined with
+    a N(0, I) prior by precision, so q(z) narrows as points are added (the reference's `mean`
+    averages point encodings, whose spread need not shrink).
     `latent_encoder_dim` is the width of the latent path's aggregated summary of the points,
     `latent_hidden_dim` the hidden layer that turns it into z's mean and log-variance.
     """
@@ -67,6 +71,7 @@ class TaNPConfig:
     dropout_rate: float = 0.0
     decoder: DecoderKind = "film"
     aggregator: Aggregator = "mean"
+    latent_aggregation: LatentAggregation = "mean"
     film_gamma_offset: float = 0.0
     neighbours: int = 0
     affinity_scale: float = 1.0
@@ -88,6 +93,8 @@ class TaNPConfig:
             raise ValueError(f"unknown decoder {self.decoder!r}")
         if self.aggregator not in ("mean", "attention"):
             raise ValueError(f"unknown aggregator {self.aggregator!r}")
+        if self.latent_aggregation not in ("mean", "bayesian"):
+            raise ValueError(f"unknown latent_aggregation {self.latent_aggregation!r}")
         if self.x_dim < 1:
             raise ValueError("a point needs an input: item_id_input, item_feature_dim or users")
         if not 0.0 <= self.affinity_dropout < 1.0:
