@@ -52,7 +52,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    return TaskStateCache(store)
+    return TaskStateCache(store, prefix=settings.broadcast_prefix)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -98,6 +98,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         reconcile_seconds=settings.reconcile_seconds,
         registry_timeout_seconds=settings.registry_timeout_seconds,
         on_swap=on_swap,
+        confirm_seconds=settings.reload_confirm_seconds,
     )
     models.start(pinned=settings.active_model)
     models.run_background()
@@ -113,8 +114,8 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         recommender=Recommender(
             cache=cache,
             answers=(
-                AnswerMemo(max_entries=settings.answer_cache_entries)
-                if settings.answer_cache_entries
+                AnswerMemo(max_bytes=settings.answer_cache_bytes)
+                if settings.answer_cache_bytes
                 else None
             ),
             metrics=metrics,

@@ -35,9 +35,12 @@ class Settings(BaseSettings):
     # Concurrent recommend calls of one worker that arrive while its model is busy are scored
     # together in one forward (app.serving.batcher), up to this many per batch.
     batch_max_requests: int = Field(default=32, ge=1, le=1024)
-    # Whole answers of repeated requests kept per worker (an LRU; 0: none): a repeat skips
-    # the catalog decode. The task-state cache (Redis or memory) is used either way.
-    answer_cache_entries: int = Field(default=10_000, ge=0)
+    # Recommend calls waiting for a micro-batch, per worker; past it a call answers 503 with
+    # Retry-After at once instead of queueing without bound.
+    batch_max_pending: int = Field(default=256, ge=1)
+    # Whole answers of repeated requests kept per worker, an LRU bounded in bytes (0: none): a
+    # repeat skips the catalog decode. The task-state cache (Redis or memory) is used either way.
+    answer_cache_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -47,6 +50,11 @@ class Settings(BaseSettings):
     # Slow clients (app.server): a request's line and headers, then its body, must arrive
     # within these; an idle connection between requests is closed after KEEP_ALIVE_SECONDS.
     header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # A request line and headers over this many bytes get 431 and the connection is closed.
+    max_header_bytes: int = Field(default=16_384, ge=1_024)
+    # Connections and requests in flight per worker past which uvicorn answers 503 (its own
+    # plain-text answer); 0: no limit.
+    limit_concurrency: int = Field(default=512, ge=0)
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     keep_alive_seconds: int = Field(default=5, ge=1)
     # At shutdown, requests in flight get this long; at start, a port still held by a previous
@@ -59,6 +67,14 @@ class Settings(BaseSettings):
     request_log_spool_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     # An admin activation waits this long for SQL to record it, then answers 503 unchanged.
     registry_timeout_seconds: float = Field(default=10.0, gt=0)
+    # With Redis, an admin activation's answer waits up to this long until every live worker
+    # reports the new weights (their sha256); 0: answer once this worker has swapped.
+    reload_confirm_seconds: float = Field(default=0.0, ge=0, le=60)
+    # Anonymous refusals (401/404) on /admin/* written to the audit per worker and minute;
+    # the rest are counted (tanp_admin_audit_sampled_total) and logged, not stored.
+    audit_anonymous_per_minute: int = Field(default=30, ge=0)
+    # /docs and /redoc (Swagger UI loads from a CDN); /openapi.json is always served.
+    api_docs: bool = True
     # Prefix of the model-broadcast keys and channel (`tanp:models`, `tanp:active_model`,
     # `tanp:workers`); pub/sub channels ignore the Redis DB index, so deployments (and test
     # sessions) sharing one Redis server separate themselves with it.

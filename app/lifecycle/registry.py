@@ -30,6 +30,7 @@ class RegistryView:
 
     reachable: bool
     active: str | None = None
+    active_sha256: str | None = None  # the active version's weights (a name can be reused)
     failed: dict[str, str] = field(default_factory=dict)  # version -> why
 
 
@@ -73,9 +74,11 @@ class Registry:
         if self.sessions is None:
             return RegistryView(reachable=False)
         try:
+            active = crud.active_weights(self.sessions)
             return RegistryView(
                 reachable=True,
-                active=crud.active_version(self.sessions),
+                active=None if active is None else active[0],
+                active_sha256=None if active is None else active[1],
                 failed=crud.failed_versions(self.sessions),
             )
         except Exception as error:  # DB down: the caller changes nothing
