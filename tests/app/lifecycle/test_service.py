@@ -535,3 +535,44 @@ def test_an_exception_in_a_reconcile_round_never_ends_the_loop(
     finally:
         service.stop()
     assert len(rounds) >= 4
+
+
+def _damage(run_dir: Path, kind: str) -> None:
+    text = (run_dir / "manifest.json").read_text()
+    if kind == "string-temperature":
+        manifest = json.loads(text)
+        manifest["model_config"]["temperature"] = "1.0"
+        text = json.dumps(manifest)
+    elif kind == "5000-digit-int":
+        text = text.replace('"num_items": ', '"num_items": ' + "9" * 5_000 + ', "x": ', 1)
+    else:
+        assert kind == "nested-100000-deep"
+        text = text.replace(
+            '"metrics": ', '"metrics": ' + "[" * 100_000 + "]" * 100_000 + ', "m": ', 1
+        )
+    (run_dir / "manifest.json").write_text(text)
+
+
+MANIFEST_KINDS = ["string-temperature", "5000-digit-int", "nested-100000-deep"]
+
+
+@pytest.mark.parametrize("kind", MANIFEST_KINDS)
+def test_a_manifest_of_every_hostile_kind_is_refused_marked_failed_and_skipped_at_start(
+    models: Path, sessions: SessionFactory, kind: str
+) -> None:
+    """Issue 21 item 4: these reloads answered 500 without marking the version failed, and
+    as the newest folder at start the process exited."""
+    _damage(models / "v2", kind)
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    assert serving_version(service) == "v1"
+    statuses = {record.name: record.status for record in registered_versions(sessions)}
+    assert statuses["v2"] == "failed"
+    with pytest.raises(ModelRefusedError) as refused:
+        service.activate("v2")
+    assert refused.value.status_code == 422
+    assert serving_version(service) == "v1"
+    assert {r.name: r.status for r in registered_versions(sessions)}["v2"] == "failed"
+    restarted = make_service(models, sessions, [])
+    restarted.start(pinned=None)
+    assert serving_version(restarted) == "v1" and active_version(sessions) == "v1"
