@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         http=TimedHttpProtocol,
         timeout_keep_alive=settings.keep_alive_seconds,
+        # past it uvicorn answers 503 itself (plain text, not our JSON shape)
+        limit_concurrency=settings.limit_concurrency or None,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         log_level=settings.log_level.lower(),
         access_log=False,
