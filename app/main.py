@@ -71,6 +71,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         database.sessions,
         spool_dir=settings.spool_dir() / "admin_audit",
         spool_max_bytes=settings.request_log_spool_bytes,
+        anonymous_per_minute=settings.audit_anonymous_per_minute,
     )
     metrics.request_log_pending.set_function(request_log.pending)
     worker = worker_id()
@@ -126,6 +127,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
                 full_scoring_max_items=settings.full_scoring_max_items,
             ),
             max_batch=settings.batch_max_requests,
+            max_pending=settings.batch_max_pending,
             on_model_fault=models.report_fault,
         ),
     )

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from app.errors import ModelFaultError
+from app.errors import ModelFaultError, OverloadedError
 from app.schemas import RecommendRequest
-from app.serving.batcher import MicroBatcher
+from app.serving.batcher import MicroBatcher, QueueFullError
 from app.serving.cache import TaskStateCache
 from app.serving.model import ServingModel
 from app.serving.pipeline import (
@@ -137,6 +137,7 @@ class Recommender:
         request_log: RequestLogSink,
         max_support: int,
         max_batch: int,
+        max_pending: int | None = None,
         limits: ScoringLimits | None = None,
         on_model_fault: Callable[[ModelFaultError], None] | None = None,
     ) -> None:
@@ -148,7 +149,7 @@ class Recommender:
         self.limits = limits
         self.on_model_fault = on_model_fault
         self.batcher: MicroBatcher[_Call, Recommendation | ModelFaultError] = MicroBatcher(
-            self._answer_calls, max_batch=max_batch, name="recommend-batch"
+            self._answer_calls, max_batch=max_batch, name="recommend-batch", max_pending=max_pending
         )
 
     def recommend(
@@ -173,7 +174,11 @@ class Recommender:
         if remembered is not None:
             self._account(call, remembered)
             return remembered
-        outcome = await self.batcher.submit(call)
+        try:
+            outcome = await self.batcher.submit(call)
+        except QueueFullError as error:
+            self.metrics.overloaded.inc()
+            raise OverloadedError(f"the service is busy ({error}); retry shortly") from error
         if isinstance(outcome, ModelFaultError):
             raise outcome
         return outcome

@@ -11,7 +11,7 @@ import pytest
 from app_helpers import ITEMS
 from serving_helpers import SUPPORT, RaisingScorer
 
-from app.errors import ModelFaultError, UnknownItemsError
+from app.errors import ModelFaultError, OverloadedError, UnknownItemsError
 from app.schemas import RecommendRequest
 from app.serving.cache import MemoryCache, TaskStateCache
 from app.serving.model import ServingModel
@@ -199,3 +199,16 @@ def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
     with pytest.raises(UnknownItemsError):
         recommender.recommend(model=model, request=bad, request_id="r3")
     assert recommender.batcher.batches == 1 and len(log.entries) == 2
+
+
+def test_a_full_batch_queue_answers_503_with_retry_after(model: ServingModel) -> None:
+    recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)))
+    recommender.batcher.max_pending = 0  # every call finds the queue full
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
+    try:
+        with pytest.raises(OverloadedError) as refused:
+            asyncio.run(recommender.recommend_async(model=model, request=request, request_id="r"))
+    finally:
+        recommender.close()
+    assert refused.value.status_code == 503 and refused.value.headers() == {"Retry-After": "1"}
+    assert recommender.metrics.overloaded._value.get() == 1
