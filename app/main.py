@@ -152,6 +152,9 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Cold-start artist recommendations from a handful of ratings (TaNP).",
         version="1",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: off in production (API_DOCS)
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     install_error_handlers(app)
     app.include_router(recommend.router)

@@ -57,3 +57,12 @@ def test_the_page_and_its_files_are_still_served_and_unknown_paths_are_404(
     assert client.get("/app.js").status_code == 200
     missing = client.get("/no/such/page")
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+
+
+def test_api_docs_off_serves_no_swagger_page_but_the_schema(make_client: AppFactory) -> None:
+    """Issue 21 item 10: /docs loads Swagger UI from a CDN on the origin where admins paste
+    the token; production (compose, k8s) turns it off."""
+    off = make_client(api_docs=False)
+    assert off.get("/docs").status_code == 404 and off.get("/redoc").status_code == 404
+    assert off.get("/openapi.json").status_code == 200
+    assert make_client(api_docs=True).get("/docs").status_code == 200
