@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=65_536, ge=1_024)
     log_level: str = "INFO"
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    migrate_on_start: bool = False
+    # Apply the Alembic migrations at start; unset: only for a SQLite database (the embedded
+    # default just works), never for Postgres (compose and Kubernetes run a one-shot migrate).
+    migrate_on_start: bool | None = None
     redis_timeout_seconds: float = Field(default=0.05, gt=0)
     reconcile_seconds: float = Field(default=5.0, gt=0)
     # Slow clients (app.server): a request's line and headers, then its body, must arrive
@@ -100,7 +102,12 @@ class Settings(BaseSettings):
         return Path(tempfile.gettempdir()) / "tanp-request-log" / digest
 
     @field_validator(
-        "admin_token", "active_model", "redis_url", "request_log_spool_dir", mode="before"
+        "admin_token",
+        "active_model",
+        "redis_url",
+        "request_log_spool_dir",
+        "migrate_on_start",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
