@@ -60,17 +60,19 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
     loads the startup model and starts the model threads."""
     cache = build_cache(settings, metrics)
     database = open_database(settings.database_url, migrate=settings.migrate_on_start)
+    # REQUEST_LOG_SPOOL_BYTES bounds both spools of a worker together
+    audit_bytes = settings.request_log_spool_bytes // 8
     request_log = SqlRequestLog(
         database.sessions,
         spool_dir=settings.spool_dir() / "request_log",
-        spool_max_bytes=settings.request_log_spool_bytes,
+        spool_max_bytes=settings.request_log_spool_bytes - audit_bytes,
         on_failure=metrics.request_log_failures.inc,
         on_drop=metrics.request_log_dropped.inc,
     )
     audit_log = AuditLog(
         database.sessions,
         spool_dir=settings.spool_dir() / "admin_audit",
-        spool_max_bytes=settings.request_log_spool_bytes,
+        spool_max_bytes=audit_bytes,
         anonymous_per_minute=settings.audit_anonymous_per_minute,
     )
     metrics.request_log_pending.set_function(request_log.pending)

@@ -142,8 +142,8 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: str | None
     device: str | None
-    pid: int
-    db: str
+    pid: int | None = Field(default=None, description="Only with the admin bearer token.")
+    db: str = Field(description="'ok' or 'down'; with the admin token, why it is down.")
     redis: Literal["ok", "down", "disabled"]
     cache: str
     workers: list[WorkerStatus] = Field(default_factory=list)
