@@ -326,7 +326,8 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored(source: str) -> None:
 
 
 def lock(name: str) -> dict[str, str]:
-    """A lock file's pins, name -> version; every pin exact, hashed except torch's CPU build."""
+    """A lock file's pins, name -> version; every pin exact and hashed (torch's CPU build by
+    the local wheel's sha256, issue 21 item 10)."""
     pins: dict[str, str] = {}
     text = (LOCKS / name).read_text()
     for line in text.splitlines():
@@ -336,9 +337,9 @@ def lock(name: str) -> dict[str, str]:
         else:
             assert line.startswith(("#", "    --hash=sha256:", "--index-url ")), f"{name}: {line}"
     assert pins, f"{name} pins nothing"
-    if name != "torch-cpu.txt":
-        for entry in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2]):
-            assert "--hash=sha256:" in entry, f"{name}: no hash for {entry.splitlines()[0]}"
+    body = text.split("\n", 2)[2].removeprefix("--index-url https://download.pytorch.org/whl/cpu\n")
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", body):
+        assert "--hash=sha256:" in entry, f"{name}: no hash for {entry.splitlines()[0]}"
     return pins
 
 
