@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import stat
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -262,8 +263,11 @@ def check_private(directory: Path) -> None:
     """PermissionError unless `directory` is ours alone: owned by this user and writable by
     no one else, and every folder above it owned by us or root and writable by no one else
     (or sticky, like /tmp). Rows read back from a spool are written to SQL as they are: a
-    folder another user can write to would let them plant audit or request-log rows."""
+    folder another user can write to would let them plant audit or request-log rows. The
+    system's temporary folder is trusted when root owns it, sticky or not (a Kubernetes
+    emptyDir at /tmp is 0777): the folders we make in it are checked."""
     uid = os.geteuid()
+    temporary = Path(tempfile.gettempdir()).resolve()
     info = directory.stat()
     if info.st_uid != uid or info.st_mode & 0o022:
         raise PermissionError(
@@ -273,6 +277,8 @@ def check_private(directory: Path) -> None:
     for parent in directory.resolve().parents:
         info = parent.stat()
         shared = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if parent == temporary and info.st_uid == 0:
+            continue
         if info.st_uid not in (uid, 0) or shared:
             raise PermissionError(
                 f"spool directory {directory} sits in {parent}, which another user can change "
