@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
@@ -135,4 +136,51 @@ class TaNPConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model_config fields: {', '.join(unknown)}")
+        for field in dataclasses.fields(cls):
+            if field.name in values:
+                _check_type(field.name, field.type, values[field.name])
         return cls(**values)
+
+
+_LITERALS: dict[str, object] = {
+    "DecoderKind": DecoderKind,
+    "UserInput": UserInput,
+    "Aggregator": Aggregator,
+}
+# Bounds of a model_config number: far above any real model, far below what would make
+# building it (or printing it) hang.
+MAX_CONFIG_INT = 10**9
+MAX_CONFIG_FLOAT = 1e12
+
+
+def _check_type(name: str, annotation: object, value: object) -> None:
+    """`value` fits the field's annotation (a string, annotation, as `from __future__`
+    leaves it): int fields take ints within +-MAX_CONFIG_INT, float fields ints or finite
+    floats within +-MAX_CONFIG_FLOAT, bool fields bools, Literal fields one of their strings.
+    ValueError naming the field otherwise (never a TypeError deep inside the model)."""
+    kind = str(annotation)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"model_config {name!r} must be true or false, not {value!r:.40}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"model_config {name!r} must be an integer, not {_shown(value)}")
+        if abs(value) > MAX_CONFIG_INT:
+            raise ValueError(f"model_config {name!r} is out of range")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"model_config {name!r} must be a number, not {_shown(value)}")
+        if isinstance(value, int) and abs(value) > MAX_CONFIG_INT:
+            raise ValueError(f"model_config {name!r} is out of range")
+        if not math.isfinite(value) or abs(value) > MAX_CONFIG_FLOAT:
+            raise ValueError(f"model_config {name!r} must be a finite number within range")
+    elif not isinstance(value, str):
+        raise ValueError(f"model_config {name!r} must be a string, not {_shown(value)}")
+    elif kind in _LITERALS and value not in get_args(_LITERALS[kind]):
+        raise ValueError(f"model_config {name!r} must be one of {get_args(_LITERALS[kind])}")
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its type, and the value itself when short."""
+    text = repr(value) if isinstance(value, str | int | float) and len(repr(value)) < 40 else ""
+    return f"{type(value).__name__} {text}".strip()

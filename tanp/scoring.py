@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -259,8 +260,40 @@ def pack_state(state: TaskState) -> bytes:
     return header + body
 
 
-def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskState:
-    """Inverse of `pack_state`; raises ValueError on any malformed payload."""
+@dataclass(frozen=True, slots=True)
+class StateShape:
+    """What a task state of one model holds: z, task vector and cluster widths, the catalog
+    size its support indices must fall in, and the label range of its support labels."""
+
+    z_dim: int
+    task_dim: int
+    clusters: int
+    num_items: int
+    label_min: float
+    label_max: float
+
+
+def state_shape(scorer: Scorer) -> StateShape:
+    """The shape of `scorer`'s task states, read from one encoded support set (so it follows
+    the model, not a copy of its arithmetic)."""
+    config = scorer.config
+    probe = scorer.encode_one([0], [config.label_max])
+    return StateShape(
+        z_dim=int(probe.prior.mu.shape[-1]),
+        task_dim=int(probe.task.shape[-1]),
+        clusters=int(probe.assignment.shape[-1]),
+        num_items=config.num_items,
+        label_min=config.label_min,
+        label_max=config.label_max,
+    )
+
+
+def unpack_state(
+    payload: bytes, *, device: torch.device | str = "cpu", shape: StateShape | None = None
+) -> TaskState:
+    """Inverse of `pack_state`; raises ValueError on any malformed payload, and, given the
+    model's `shape`, on a state that does not fit it (other widths, non-finite values,
+    support indices outside the catalog, labels outside the label range)."""
     if len(payload) < _STATE_HEADER.size:
         raise ValueError("task state payload too short")
     magic, version, z_dim, task_dim, clusters, support = _STATE_HEADER.unpack_from(payload)
@@ -276,6 +309,10 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
     items = np.frombuffer(payload, dtype="<i4", count=support, offset=offset).astype(np.int64)
     offset += 4 * support
     labels = np.frombuffer(payload, dtype="<f4", count=support, offset=offset).astype(np.float32)
+    if shape is not None:
+        _check_fits(
+            shape, widths=(z_dim, task_dim, clusters), values=values, items=items, labels=labels
+        )
     mu, logvar, task, assignment = torch.split(
         torch.from_numpy(values).to(device), [z_dim, z_dim, task_dim, clusters]
     )
@@ -288,3 +325,22 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
         torch.from_numpy(labels).to(device).unsqueeze(0),
         torch.ones_like(item_tensor, dtype=torch.bool),
     )
+
+
+def _check_fits(
+    shape: StateShape,
+    *,
+    widths: tuple[int, int, int],
+    values: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+) -> None:
+    expected = (shape.z_dim, shape.task_dim, shape.clusters)
+    if widths != expected:
+        raise ValueError(f"task state widths (z, task, clusters) {widths}, model has {expected}")
+    if not np.isfinite(values).all() or not np.isfinite(labels).all():
+        raise ValueError("task state holds non-finite values")
+    if items.size and (items.min() < 0 or items.max() >= shape.num_items):
+        raise ValueError(f"task state support indices outside [0, {shape.num_items})")
+    if labels.size and (labels.min() < shape.label_min or labels.max() > shape.label_max):
+        raise ValueError("task state support labels outside the model's label range")
