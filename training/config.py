@@ -85,6 +85,7 @@ PAPER_MODEL: dict[str, Any] = {
     "affinity_dropout": 0.5,
     "taste_head": True,
     "shortlist": True,
+    "latent_aggregation": "bayesian",
 }
 PAPER_TRAIN: dict[str, Any] = {
     "epochs": 30,
