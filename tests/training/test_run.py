@@ -22,10 +22,14 @@ def test_cli_train_writes_the_documented_run_directory(trained_run: Path) -> Non
     }  # fmt: skip
     for block in ("paper", "standard", "catalog"):
         assert block in metrics["test"] and block in metrics["valid"]
-    assert set(metrics["baselines"]) == {"popularity", "item_knn", "ease", "features_lr"}
+    assert set(metrics["baselines"]) == {
+        "popularity", "item_knn", "ease", "knn_pop", "rp3beta", "features_lr",
+    }  # fmt: skip
     assert set(metrics["ablations"]) == {"mean_task", "shuffled_task"}
     assert "shrink" in metrics["baselines"]["item_knn"]["setting"]
     assert "lambda" in metrics["baselines"]["ease"]["setting"]
+    assert set(metrics["baselines"]["knn_pop"]["setting"]) == {"shrink", "weight"}
+    assert set(metrics["baselines"]["rp3beta"]["setting"]) == {"alpha", "beta"}
     for entry in [*metrics["baselines"].values(), *metrics["ablations"].values()]:
         for block in ("paper", "standard", "catalog"):
             assert block in entry["test"]
