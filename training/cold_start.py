@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tanp.scoring import rank
-from training.baselines import Baselines, TuningPair
+from training.baselines import Baselines, BaselineSpec, TuningPair
 from training.compare import HEADLINE, paired_difference, per_user_headline
 from training.episodes import EpisodeSet, Prepared
 
@@ -122,11 +122,13 @@ def cold_start_curve(
     *,
     model_scorers: Mapping[str, ModelScorer],
     baselines: Baselines | None,
+    extra: Sequence[BaselineSpec] = (),
     sizes: Sequence[int] = SUPPORT_SIZES,
 ) -> ColdStartCurve:
     """Cut every test (and validation) support to each size; score the model's scorers (keys:
-    `MODEL` and its ablations) on the cut test users; tune every baseline of `baselines` on the
-    validation users cut the same way and score the test users with the chosen setting."""
+    `MODEL` and its ablations) on the cut test users; tune every baseline of `baselines` (and
+    `extra`, e.g. features_lr) on the validation users cut the same way and score the test
+    users with the chosen setting."""
     threshold = prepared.interactions.positive_threshold
     valid, test = prepared.episodes["valid"], prepared.episodes["test"]
     cuts = {size: cut_support(test, size=size, threshold=threshold) for size in sizes}
@@ -146,7 +148,7 @@ def cold_start_curve(
             TuningPair(cut_support(valid, size=size, threshold=threshold), cuts[size], valid)
             for size in sizes
         ]
-        for spec in baselines.specs():
+        for spec in [*baselines.specs(), *extra]:
             tuned = baselines.tune(spec.name, spec.settings, spec.scorer, pairs)
             for size, result in zip(sizes, tuned, strict=True):
                 per_user.setdefault(spec.name, {})[size] = per_user_headline(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,13 @@ import torch
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.config import TaNPConfig
 from tanp.model import TaNP
-from training.baselines import Baselines, TunedBaseline
+from training.baselines import Baselines, BaselineSpec, TunedBaseline, TuningPair
 from training.cold_start import MODEL, ColdStartCurve, cold_start_curve
 from training.compare import HEADLINE, paired_difference, per_user_headline
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared
 from training.evaluate import Blocks, TaskEdit, evaluate_scores, tanp_scores
-from training.features_logreg import tuned_features_logreg
+from training.features_logreg import features_logreg_spec
 from training.trainer import EpochRecord, Shard, TrainResult, train_model
 from training.uncertainty import UncertaintyMeasures, measure_uncertainty, score_spread
 
@@ -113,10 +113,16 @@ class TestReport:
 
 
 def cold_start_report(
-    prepared: Prepared, model: TaNP, *, samples: int, baselines: Baselines | None
+    prepared: Prepared,
+    model: TaNP,
+    *,
+    samples: int,
+    baselines: Baselines | None,
+    extra: Sequence[BaselineSpec] = (),
 ) -> tuple[ColdStartCurve, UncertaintyMeasures]:
     """The cold-start curve of the model, its `mean_task` ablation and (when given) every
-    baseline re-tuned per support size, and the uncertainty measures on the same cut users."""
+    baseline (and `extra`) re-tuned per support size, and the uncertainty measures on the same
+    cut users."""
     curve = cold_start_curve(
         prepared,
         model_scorers={
@@ -126,6 +132,7 @@ def cold_start_report(
             ),
         },
         baselines=baselines,
+        extra=extra,
     )
     measures = measure_uncertainty(
         curve,
@@ -149,9 +156,12 @@ def test_report(
     model = scored(tanp_scores(result.model, episodes, samples=samples))
     simple = Baselines(prepared) if baselines else None
     tuned = simple.all_tuned() if simple is not None else []
-    if baselines and (result.model.config.item_feature_dim or result.model.config.neighbours):
-        tuned.append(
-            tuned_features_logreg(
+    extra = []
+    if simple is not None and (
+        result.model.config.item_feature_dim or result.model.config.neighbours
+    ):
+        extra.append(
+            features_logreg_spec(
                 prepared,
                 result.model,
                 profiles=result.data.profiles,
@@ -160,7 +170,11 @@ def test_report(
                 train=result.train,
             )
         )
-    curve, measures = cold_start_report(prepared, result.model, samples=samples, baselines=simple)
+        pair = TuningPair(prepared.episodes["valid"], episodes)
+        tuned += [simple.tune(spec.name, spec.settings, spec.scorer, [pair])[0] for spec in extra]
+    curve, measures = cold_start_report(
+        prepared, result.model, samples=samples, baselines=simple, extra=extra
+    )
     return TestReport(
         model=model,
         baselines={baseline.name: (baseline, scored(baseline.test_scores)) for baseline in tuned},

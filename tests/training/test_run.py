@@ -54,7 +54,9 @@ def test_the_run_holds_the_cold_start_curve_and_the_per_user_arrays(trained_run:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     curve = metrics["cold_start"]
     assert curve["sizes"] == [1, 3, 5, 10, 20]
-    scorers = {"tanp", "mean_task", "popularity", "item_knn", "ease", "knn_pop", "rp3beta"}
+    scorers = {
+        "tanp", "mean_task", "popularity", "item_knn", "ease", "knn_pop", "rp3beta", "features_lr",
+    }  # fmt: skip
     assert set(curve["scorers"]) == scorers
     assert set(curve["difference"]) == scorers - {"tanp"}
     for size in ("1", "20"):
