@@ -11,7 +11,9 @@ self-leak check of the hand-made inputs (training-episode AUC vs validation AUC)
 Every model is trained here, selected on validation users only and scored on the test users,
 unless `--runs` names run directories already written by `tanp-train train` (their
 metrics.json and per_user.npz): then nothing is trained. `--reference` names the runs of
-another model (e.g. main's) and prints this model minus that one, paired per test user.
+another model (e.g. main's) and prints this model minus that one, paired per test user. A run
+directory without per_user.npz (older code) has its model re-scored on the `--data` split it
+names (the model and its mean_task ablation, no baselines).
 
 Several training seeds: a split's per-user values are averaged over its seeds before the paired
 bootstrap (users resampled within their split, each user's seeds kept together), so the interval
@@ -34,15 +36,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from tanp.checkpoint import build_model
 from training.batches import draw_step
 from training.cold_start import MODEL, ColdStartCurve
 from training.compare import HEADLINE, Difference, paired_difference
 from training.config import DEFAULT_PRESET, preset_configs
 from training.data import load_interactions
 from training.episodes import Prepared, prepare
+from training.evaluate import tanp_scores
 from training.features_logreg import affinity_only_state, target_inputs
 from training.metrics import auc
-from training.run import PER_USER_FILE, Scored, test_report
+from training.run import PER_USER_FILE, Scored, cold_start_report, score, test_report
 from training.trainer import TrainResult, train_model
 from training.uncertainty import UncertaintyMeasures
 
@@ -445,15 +449,47 @@ def load_run(directory: Path) -> SplitResult:
     return result
 
 
-def find_runs(paths: list[Path]) -> list[SplitResult]:
-    """Every run directory at or under `paths` (one holding metrics.json and per_user.npz)."""
+def evaluate_saved(directory: Path, data: Path) -> SplitResult:
+    """A run directory without per_user.npz (written by older code, e.g. main's reference
+    runs): its model re-scored on its split's test users (no baselines), the cold-start curve
+    of the model and its mean_task ablation, and the uncertainty measures."""
+    manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+    split, seed = manifest["data"]["split"], manifest["data"]["seed"]
+    name, prepared = load_split(data, "tanp" if split == "tanp" else f"{split}:{seed}")
+    loaded = build_model(directory, "cpu")
+    if loaded.items != prepared.interactions.item_ids:
+        raise SystemExit(f"{directory}: its item ids differ from {data}'s")
+    episodes = prepared.episodes["test"]
+    threshold = prepared.interactions.positive_threshold
+    model = score(episodes, tanp_scores(loaded.model, episodes), threshold=threshold)
+    curve, measures = cold_start_report(prepared, loaded.model, samples=0, baselines=None)
+    metrics_path = directory / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    result = SplitResult(
+        name, float(metrics.get("train_seconds", 0.0)), int(metrics.get("best_epoch", 0)), model,
+        seed=manifest["train_config"]["seed"], users=episodes.users, cold_start=curve,
+        uncertainty=measures,
+    )  # fmt: skip
+    result.others["mean_task"] = score(
+        episodes, tanp_scores(loaded.model, episodes, edit="mean_task"), threshold=threshold
+    )
+    return result
+
+
+def find_runs(paths: list[Path], data: Path) -> list[SplitResult]:
+    """Every run directory at or under `paths`: read from its per_user.npz, or re-scored with
+    `evaluate_saved` when it has none."""
     found = []
     for path in paths:
-        for metrics in sorted(path.rglob("metrics.json")):
-            if (metrics.parent / PER_USER_FILE).is_file():
-                found.append(load_run(metrics.parent))
+        for manifest in sorted(path.rglob("manifest.json")):
+            directory = manifest.parent
+            if (directory / PER_USER_FILE).is_file() and (directory / "metrics.json").is_file():
+                found.append(load_run(directory))
+            else:
+                print(f"{directory}: no {PER_USER_FILE}, re-scoring its model", flush=True)
+                found.append(evaluate_saved(directory, data))
     if not found:
-        raise SystemExit(f"no run directory (metrics.json + {PER_USER_FILE}) under {paths}")
+        raise SystemExit(f"no run directory (manifest.json) under {', '.join(map(str, paths))}")
     return found
 
 
@@ -512,7 +548,7 @@ def main() -> None:
     results: list[SplitResult] = []
     leaks: dict[str, dict[str, tuple[float, float]] | None] = {}
     if args.runs:
-        results = find_runs(args.runs)
+        results = find_runs(args.runs, args.data)
         for result in results:
             print(f"{result.name} (training seed {result.seed}): {result.seconds:.0f} s, best "
                   f"epoch {result.best_epoch}, model {mean_of(result.model, 'NDCG@5'):.3f} / "
@@ -535,7 +571,7 @@ def main() -> None:
         report["uncertainty"] = print_uncertainty(results, "Uncertainty, pooled")
         if args.reference:
             report["reference"] = print_reference(
-                results, find_runs(args.reference), "Against the reference runs"
+                results, find_runs(args.reference, args.data), "Against the reference runs"
             )
         if leaks:
             print("\nself-leak check, mean per-episode AUC (training episodes / validation):")

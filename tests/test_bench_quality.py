@@ -4,6 +4,7 @@ reference model's rows paired per user."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_bench_pools_saved_runs_and_compares_a_reference(
-    trained_run: Path, tmp_path: Path
+    trained_run: Path, synthetic_csv: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "quality.json"
+    # a reference run written by older code (no per_user.npz): its model is re-scored
+    reference = tmp_path / "reference" / "old-run"
+    shutil.copytree(trained_run, reference)
+    (reference / "per_user.npz").unlink()
     # the same run twice is one split with two "seeds" of identical values
     finished = subprocess.run(
         [
@@ -27,7 +32,9 @@ def test_the_bench_pools_saved_runs_and_compares_a_reference(
             str(trained_run),
             str(trained_run),
             "--reference",
-            str(trained_run),
+            str(reference.parent),
+            "--data",
+            str(synthetic_csv),
             "--json",
             str(out),
         ],
@@ -38,6 +45,7 @@ def test_the_bench_pools_saved_runs_and_compares_a_reference(
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert "2 training seeds per split" in finished.stdout
+    assert "no per_user.npz, re-scoring its model" in finished.stdout
     report = json.loads(out.read_text())
     metrics = json.loads((trained_run / "metrics.json").read_text())
     cold = report["cold_start"]
@@ -57,7 +65,8 @@ def test_the_bench_pools_saved_runs_and_compares_a_reference(
         metrics["uncertainty"]["shrink_fraction"]["value"]
     )
     assert users > 0
-    reference = report["reference"]["rows"]
-    assert set(reference) == {"test (full support)", "n = 1", "n = 3", "n = 5", "n = 10", "n = 20"}
-    for row in reference.values():
+    # the re-scored reference is the same model: every paired difference is exactly 0
+    rows = report["reference"]["rows"]
+    assert set(rows) == {"test (full support)", "n = 1", "n = 3", "n = 5", "n = 10", "n = 20"}
+    for row in rows.values():
         assert row["NDCG@5"]["mean"] == 0.0 and row["NDCG@5"]["verdict"] == "tie"
