@@ -276,10 +276,10 @@ def corrupt_copy(source: Path, target: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-def retrain_in_place(run_dir: Path) -> None:
+def retrain_in_place(run_dir: Path, *, scale: float = 1.25) -> None:
     """New weights in `run_dir` under the same name, written by the project's own
-    `save_checkpoint` as a retrain into an existing `--out` would: the model's decoder output
-    layer scaled and shifted (a different model, the same catalog)."""
+    `save_checkpoint` as a retrain into an existing `--out` would: the model's decoder scaled
+    by `scale` and shifted (a different model, the same catalog)."""
     from tanp.checkpoint import build_model, save_checkpoint
 
     loaded = build_model(run_dir, "cpu")
@@ -287,7 +287,7 @@ def retrain_in_place(run_dir: Path) -> None:
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.startswith("decoder."):
-                parameter.mul_(1.25).add_(0.01)
+                parameter.mul_(scale).add_(0.01)
     manifest = loaded.manifest
     save_checkpoint(
         run_dir,
@@ -505,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 return response.status_code
 
             def retrain_and_reload() -> None:
-                retrain_in_place(models / "v1")
+                retrain_in_place(models / "v1", scale=0.8)
                 keep_weights("v1")
                 soak.events.append(Event(time.time() - t0, "v1 retrained in its own folder"))
                 reload("v1", "reload v1 (retrained, same name)")

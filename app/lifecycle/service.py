@@ -211,12 +211,13 @@ class ModelService:
             previous=previous,
             device=serving.device,
             sha256=serving.weights_sha256,
-            unconfirmed_workers=self._await_workers(serving.weights_sha256),
+            unconfirmed_workers=self._await_workers(serving.version, serving.weights_sha256),
         )
 
-    def _await_workers(self, sha256: str) -> list[str]:
+    def _await_workers(self, version: str, sha256: str) -> list[str]:
         """With Redis and RELOAD_CONFIRM_SECONDS > 0: wait (outside the lifecycle lock) until
-        every live worker reports `sha256`; the workers that did not within the time."""
+        every live worker reports `version` with the weights `sha256` (the same weights under
+        another name would still answer with that name); the workers that did not in time."""
         broadcast = self.broadcast
         if broadcast is None or self.confirm_seconds <= 0:
             return []
@@ -225,7 +226,7 @@ class ModelService:
             behind = [
                 str(entry.get("worker"))
                 for entry in broadcast.workers(self.status())
-                if entry.get("sha256") != sha256
+                if (entry.get("version"), entry.get("sha256")) != (version, sha256)
             ]
             if not behind or time.monotonic() >= deadline:
                 if behind:

@@ -576,3 +576,41 @@ def test_a_manifest_of_every_hostile_kind_is_refused_marked_failed_and_skipped_a
     restarted = make_service(models, sessions, [])
     restarted.start(pinned=None)
     assert serving_version(restarted) == "v1" and active_version(sessions) == "v1"
+
+
+class StatusBoard:
+    """The Redis side as the reload's confirmation reads it: every worker's last status."""
+
+    def __init__(self, others: list[dict[str, Any]]) -> None:
+        self.others = others
+        self.published: list[tuple[str, str | None]] = []
+
+    def publish(self, version: str, *, sha256: str | None = None) -> None:
+        self.published.append((version, sha256))
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        return None
+
+    def workers(self, own: dict[str, Any]) -> list[dict[str, Any]]:
+        return [own, *self.others]
+
+
+def test_the_reload_answer_names_workers_not_on_the_new_version_and_weights(
+    models: Path, sessions: SessionFactory
+) -> None:
+    """RELOAD_CONFIRM_SECONDS: a worker on the same weights under another name (or another
+    version) is not confirmed; one on the same name and weights is."""
+    sha2 = read_manifest(models / "v2")["weights_sha256"]
+    board = StatusBoard(
+        [
+            {"worker": "same", "version": "v2", "sha256": sha2},
+            {"worker": "renamed", "version": "v1", "sha256": sha2},
+            {"worker": "behind", "version": "v1", "sha256": "0" * 64},
+        ]
+    )
+    service = make_service(models, sessions, [])
+    service.broadcast = cast(Any, board)
+    service.confirm_seconds = 0.05
+    activation = service.activate("v2")
+    assert board.published == [("v2", sha2)]
+    assert activation.unconfirmed_workers == ["renamed", "behind"]
