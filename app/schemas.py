@@ -32,8 +32,20 @@ RECOMMEND_REQUEST_EXAMPLE: JsonDict = {
 
 RECOMMEND_RESPONSE_EXAMPLE: JsonDict = {
     "items": [
-        {"item_id": "283", "name": "Coldplay", "score": 0.91, "uncertainty": None},
-        {"item_id": "61", "name": "Radiohead", "score": 0.88, "uncertainty": None},
+        {
+            "item_id": "283",
+            "name": "Coldplay",
+            "score": 0.91,
+            "uncertainty": None,
+            "because": [{"item_id": "289", "name": "Keane"}, {"item_id": "72", "name": "Muse"}],
+        },
+        {
+            "item_id": "61",
+            "name": "Radiohead",
+            "score": 0.88,
+            "uncertainty": None,
+            "because": [{"item_id": "72", "name": "Muse"}],
+        },
     ],
     "model_version": "20250101-lastfm",
     "cached": False,
@@ -89,6 +101,11 @@ class RecommendRequest(BaseModel):
         return self
 
 
+class NamedItem(BaseModel):
+    item_id: str
+    name: str | None
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     name: str | None
@@ -99,6 +116,12 @@ class RecommendedItem(BaseModel):
     uncertainty: float | None = Field(
         description="Std of the score over `uncertainty_samples` draws of z; null when 0 "
         "or for the popularity fallback."
+    )
+    because: list[NamedItem] = Field(
+        description="The liked support items that add most to this item's score through the "
+        "neighbour affinity (item-item similarity), strongest first, at most 2: for 'because "
+        "you liked X and Y'. Empty when no liked item does, for the popularity fallback, and "
+        "for models without the neighbour path."
     )
 
 

@@ -56,11 +56,18 @@ class ScoringLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedItem:
+    item_id: str
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
     name: str | None
     score: float
     uncertainty: float | None
+    because: tuple[NamedItem, ...] = ()  # liked support items adding most to its score
 
 
 @dataclass(frozen=True)
@@ -300,6 +307,7 @@ def _finish(
         chosen=chosen,
         scores=scores,
         uncertainty=uncertainty,
+        because=model.scorer.because(state, targets=chosen),
         started=started,
         cached=cached,
     )
@@ -323,6 +331,7 @@ def _answer(
     scores: np.ndarray,
     uncertainty: list[float] | None,
     started: float,
+    because: list[list[int]] | None = None,
     cached: bool = False,
 ) -> Recommendation:
     items = [
@@ -331,6 +340,7 @@ def _answer(
             name=model.names[index],
             score=score,
             uncertainty=uncertainty[position] if uncertainty is not None else None,
+            because=named(model, because[position]) if because is not None else (),
         )
         for position, (index, score) in enumerate(
             zip(chosen.tolist(), scores.tolist(), strict=True)
@@ -344,6 +354,11 @@ def _answer(
         support_size=len(request.support),
         inference_seconds=time.perf_counter() - started,
     )
+
+
+def named(model: ServingModel, indices: Sequence[int]) -> tuple[NamedItem, ...]:
+    """Item indices -> their external ids and names."""
+    return tuple(NamedItem(item_id=model.items[i], name=model.names[i]) for i in indices)
 
 
 def _indices(model: ServingModel, ids: list[str], unknown: list[str]) -> list[int]:
