@@ -15,7 +15,7 @@ from app_helpers import ITEMS, NAMES, NUM_ITEMS, AppFactory, TestClient, state_o
 
 from app.api.routes.recommend import recommend_response_json
 from app.schemas import RecommendedItem, RecommendResponse
-from app.serving.pipeline import Recommendation, ScoredItem
+from app.serving.pipeline import NamedItem, Recommendation, ScoredItem
 from app.storage.crud import registered_versions
 from app.storage.request_log import RequestLogEntry
 from tanp.checkpoint import save_checkpoint
@@ -74,6 +74,7 @@ def test_fallback_and_uncertainty_reach_the_json(client: TestClient) -> None:
     fallback = post(client, {"support": [], "k": 2, "uncertainty_samples": 4}).json()
     assert fallback["fallback"] == "popularity"
     assert [item["uncertainty"] for item in fallback["items"]] == [None, None]
+    assert [item["because"] for item in fallback["items"]] == [[], []]
     sampled = post(client, {"support": SUPPORT, "k": 3, "uncertainty_samples": 4}).json()
     assert sampled["fallback"] is None
     assert all(item["uncertainty"] > 0 for item in sampled["items"])
@@ -238,7 +239,13 @@ def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_fa
 def test_the_response_json_is_the_response_models() -> None:
     answer = Recommendation(
         items=[
-            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
+            ScoredItem(
+                item_id="7",
+                name="Sigur Rós",
+                score=0.25,
+                uncertainty=0.125,
+                because=(NamedItem(item_id="3", name="Björk"), NamedItem(item_id="9", name=None)),
+            ),
             ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
         ],
         model_version="v1",
