@@ -189,10 +189,10 @@ def answer(
         try:
             scored = _score(model, cache=cache, checked=requests, limits=limits, started=started)
         except (RuntimeError, IndexError) as error:
-            if _out_of_memory(error):
+            if out_of_memory(error):
                 raise
             if len(requests) == 1:
-                scored = [_scoring_fault(model, error)]
+                scored = [scoring_fault(model, error)]
             else:  # one at a time: each fault is charged to its own request
                 scored = [
                     answer(model=model, cache=cache, checked=[request], limits=limits)[0]
@@ -374,7 +374,7 @@ def _indices(model: ServingModel, ids: list[str], unknown: list[str]) -> list[in
     return found
 
 
-def _scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError:
+def scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError:
     fault = ModelFaultError(
         version=model.version, reason=f"scoring failed: {type(error).__name__}", kind="error"
     )
@@ -382,6 +382,6 @@ def _scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError
     return fault
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def out_of_memory(error: BaseException) -> bool:
     """Memory exhaustion is the machine's trouble, not the model's: never marked as a fault."""
     return isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower()

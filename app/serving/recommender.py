@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from app.errors import ModelFaultError
 from app.schemas import RecommendRequest
@@ -30,27 +31,28 @@ from app.storage.request_log import RequestLogEntry, RequestLogSink
 from app.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
+Answer = TypeVar("Answer")
 
 
-class AnswerMemo:
+class AnswerMemo(Generic[Answer]):
     """This process's latest answers by request (the model version in the key), an LRU of at
     most `max_entries` (ANSWER_CACHE_ENTRIES): a repeated request is answered without decoding
     the catalog again. Answers are deterministic for a model version and request, so a hit is
-    exact."""
+    exact. Recommendations and onboarding questions each keep one."""
 
     def __init__(self, *, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, tuple[ScoredItem, ...]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, Answer] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> tuple[ScoredItem, ...] | None:
+    def get(self, key: Hashable) -> Answer | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def put(self, key: Hashable, value: tuple[ScoredItem, ...]) -> None:
+    def put(self, key: Hashable, value: Answer) -> None:
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
@@ -79,7 +81,7 @@ class Recommender:
         self,
         *,
         cache: TaskStateCache,
-        answers: AnswerMemo | None,
+        answers: AnswerMemo[tuple[ScoredItem, ...]] | None,
         metrics: Metrics,
         request_log: RequestLogSink,
         max_support: int,
