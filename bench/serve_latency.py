@@ -2,7 +2,8 @@
 
     python bench/serve_latency.py --run RUN_DIR --redis-url redis://127.0.0.1:PORT/0 \\
         [--database-url postgresql+psycopg://...] [--workers 2] [--rate 100] [--duration 10] \\
-        [--sweep] [--miss-rates 100,200,...] [--hit-rates 200,400,...]
+        [--sweep] [--miss-rates 100,200,...] [--hit-rates 200,400,...] \\
+        [--endpoint recommend|questions]
 
 The load generator (`bench/loadgen.py`: raw asyncio/uvloop HTTP/1.1, precomputed request
 bytes) runs in a separate process: request i is sent at t0 + i / rate whatever happened to
@@ -16,7 +17,9 @@ Each run's Redis should be empty (a state left by an earlier run would turn a mi
 Then the server time of one request split into its parts, timed in this process on the same
 components the server wires (parse/validate, cache, model, serialise, request log), next to the
 in-process `tanp.scoring` time. Without --run, a 3,846-item model with random weights is saved
-to a temp dir (said in the output).
+to a temp dir (said in the output). `--endpoint questions` loads POST /v1/onboarding/questions
+instead (k = 5; a miss is a support set the answer memo has not seen, a hit a repeated one; no
+in-process breakdown).
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ from tests.support.network import free_port
 LASTFM_ITEMS = 3846
 P99_TARGET_MS = 50.0
 HIT_POOL = 32
-PATH = "/v1/recommend"
+ENDPOINTS = {  # --endpoint: the path and the k of every request
+    "recommend": ("/v1/recommend", 10),
+    "questions": ("/v1/onboarding/questions", 5),
+}
 
 
 @dataclass(frozen=True)
@@ -418,10 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         help="registry and request log (default: a throwaway SQLite file)",
     )
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="recommend")
     parser.add_argument(
         "--no-fixed", action="store_true", help="skip the two fixed-rate scenarios and in-process"
     )
     args = parser.parse_args(argv)
+    path, k = ENDPOINTS[args.endpoint]
+    in_process_parts = args.endpoint == "recommend" and not args.no_fixed
 
     workdir = Path(tempfile.mkdtemp(prefix="tanp-bench-"))
     models_dir, version, description = prepare_models(args.run, workdir)
@@ -447,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     def bodies_of(supports: list[list[dict[str, Any]]]) -> list[bytes]:
         host = f"127.0.0.1:{port}"
         return [
-            loadgen.post_bytes(host=host, path=PATH, body={"support": s, "k": 10}) for s in supports
+            loadgen.post_bytes(host=host, path=path, body={"support": s, "k": k}) for s in supports
         ]
 
     try:
@@ -509,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=30)
 
-    if not args.no_fixed:
+    if in_process_parts:
         sample = random_supports(items, 1000, seed=2)
         results.append(in_process(models_dir / version, sample, cached=False))
         results.append(in_process(models_dir / version, sample, cached=True))
@@ -521,15 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"torch {torch.__version__}; load generator (bench/loadgen.py, asyncio + uvloop, one "
-        "process) on the same machine; latency counted from each request's due time; k=10, "
-        "support 10-20 items\n"
+        f"process) on the same machine; latency counted from each request's due time; {path}, "
+        f"k={k}, support 10-20 items\n"
     )
     print(table(results + miss_sweep + hit_sweep))
     if args.sweep:
         print(f"\nknee, misses (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(miss_sweep)}")
         print(f"knee, hits (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(hit_sweep)}")
     sys.stdout.flush()
-    if not (args.no_breakdown or args.no_fixed):
+    if in_process_parts and not args.no_breakdown:
         parts = breakdown(
             models_dir / version,
             random_supports(items, 500, seed=next(seed)),
