@@ -124,6 +124,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
             limits=ScoringLimits(
                 candidates=settings.candidates,
                 full_scoring_max_items=settings.full_scoring_max_items,
+                shortlist=settings.shortlist,
             ),
             max_batch=settings.batch_max_requests,
             on_model_fault=models.report_fault,

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     # below it, every catalog item is scored.
     candidates: int = Field(default=2_000, ge=1)
     full_scoring_max_items: int = Field(default=50_000, ge=1)
+    # A model with a shortlist head (tanp.shortlist), on CPU: its first pass picks SHORTLIST
+    # items over the whole catalog and the decoder scores only those (0: always decode all).
+    shortlist: int = Field(default=500, ge=0)
     # Concurrent recommend calls of one worker that arrive while its model is busy are scored
     # together in one forward (app.serving.batcher), up to this many per batch.
     batch_max_requests: int = Field(default=32, ge=1, le=1024)

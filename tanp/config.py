@@ -38,6 +38,8 @@ class TaNPConfig:
     affinity to the support set (tanp.affinity); `affinity_dropout` hides it from a training
     episode with that probability, so z and the task path must learn the user's taste too.
     `taste_head`: the score gains (W z) . x_i, z read against the target's own features.
+    `shortlist`: a bilinear first pass over the catalog (tanp.shortlist), fitted after training,
+    so a big catalog's cold request decodes only its top items.
     `latent_encoder_dim` is the width of the latent path's aggregated summary of the points,
     `latent_hidden_dim` the hidden layer that turns it into z's mean and log-variance.
     """
@@ -70,6 +72,7 @@ class TaNPConfig:
     affinity_scale: float = 1.0
     affinity_dropout: float = 0.0
     taste_head: bool = False
+    shortlist: bool = False
     label_min: float = 0.0
     label_max: float = 1.0
 

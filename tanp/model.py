@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from tanp.affinity import NeighbourAffinity
 from tanp.config import TaNPConfig
 from tanp.decoder import ModulatedDecoder
+from tanp.shortlist import ShortlistHead
 
 __all__ = [
     "Gaussian",
@@ -246,6 +247,8 @@ class TaNP(nn.Module):
         self.register_buffer(
             "item_features", torch.zeros(config.num_items, config.item_feature_dim)
         )
+        # last and zero-initialised: the other parts' initial weights do not depend on it
+        self.shortlist = ShortlistHead(config) if config.shortlist else None
 
     def point_inputs(self, items: Tensor, users: Tensor | None = None) -> Tensor:
         """items (B, N) long, users (B,) long or None (= unknown) -> x (B, N, X)."""
@@ -337,10 +340,14 @@ class TaNP(nn.Module):
         if target_labels is not None:
             if target_mask is None:
                 target_mask = torch.ones_like(target_labels, dtype=torch.bool)
+            # only labelled targets enter the posterior: the trailing columns no episode labels
+            # (the sampled negatives) are cut before encoding, not encoded and masked out
+            labelled = torch.nonzero(target_mask.any(0))
+            width = int(labelled.max()) + 1 if labelled.numel() else 0
             posterior = self.latent(
-                torch.cat([context_x, target_x], dim=1),
-                torch.cat([context_labels, target_labels], dim=1),
-                torch.cat([context_mask, target_mask], dim=1),
+                torch.cat([context_x, target_x[:, :width]], dim=1),
+                torch.cat([context_labels, target_labels[:, :width]], dim=1),
+                torch.cat([context_mask, target_mask[:, :width]], dim=1),
             )
         source = posterior if posterior is not None and sample else state.prior
         if not sample:

@@ -93,6 +93,37 @@ class Scorer:
         )
         return self._decode(state, reparameterise(expanded, generator), candidates)
 
+    def can_shortlist(self, count: int) -> bool:
+        """Whether `shortlist_scores(count=count)` scores fewer items than the whole catalog."""
+        return self.model.shortlist is not None and 0 < count < self.config.num_items
+
+    @torch.inference_mode()
+    def shortlist_scores(
+        self, state: TaskState, *, count: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One task (B = 1): the shortlist head's `count` best items over the whole catalog
+        (less `exclude`), then the decoder's scores of those: (items (C,), scores (C,)).
+        Needs a fitted shortlist head (`can_shortlist`)."""
+        head = self.model.shortlist
+        if head is None:
+            raise ValueError("this model has no shortlist head")
+        affinity = self.model.target_affinity(state, None)  # (1, N, 3) or None
+        user = head.user_side(state.prior.mu, state.task)
+        first = head(user, self.item_x, affinity)[0]  # (N,)
+        if exclude is not None and exclude.numel():
+            first[exclude.to(self.device)] = -torch.inf
+        # NaN first-pass scores sort last here; the decoder's scores are checked by the caller
+        first = first.nan_to_num(nan=-torch.inf)
+        chosen = first.topk(min(count, first.shape[0])).indices  # (C,)
+        scores = self.model.decode(
+            x=self.item_x[chosen].unsqueeze(0),
+            item_part=self.item_part[chosen].unsqueeze(0),
+            z=state.prior.mu,
+            state=state,
+            affinity=None if affinity is None else affinity[:, chosen],
+        )[0]
+        return chosen, scores
+
     @torch.inference_mode()
     def candidates(self, state: TaskState, *, count: int) -> Tensor:
         """The candidate stage for big catalogs, one task (B = 1): up to `count` items (1, C),

@@ -110,8 +110,14 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, *, device: Any) -> int:
+    import torch
+
     from training.run import train_run
 
+    if args.threads:
+        # one intra-op thread by default: the model's matrices are small, and on a shared
+        # machine more threads spin against the other jobs (docs/performance.md)
+        torch.set_num_threads(args.threads)
     prepared = _load(args)
     model_config, train_config = _configs(args)
     progress = None
@@ -217,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the tuned baselines in metrics.json (demos: EASE over a big catalog takes "
         "minutes); the model and its ablations are still scored",
+    )
+    train_parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1; 0 = torch's default, one per core)",
     )
     train_parser.add_argument(
         "--device", default="cpu", help="cpu, cuda, cuda:N or auto (under torchrun: LOCAL_RANK)"

@@ -80,6 +80,7 @@ PAPER_MODEL: dict[str, Any] = {
     "affinity_scale": 10.0,
     "affinity_dropout": 0.5,
     "taste_head": True,
+    "shortlist": True,
 }
 PAPER_TRAIN: dict[str, Any] = {
     "epochs": 30,

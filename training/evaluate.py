@@ -17,6 +17,9 @@ from training.episodes import EpisodeSet
 from training.metrics import catalog_metrics, mean_metrics, paper_metrics, standard_metrics
 
 Blocks = dict[str, dict[str, float]]
+# (episode, item) pairs decoded at once by `tanp_scores`: measured on the hetrec-median
+# validation users (17,632 items), one episode at a time took 6.8 s against 22.7 s for 64
+DECODE_POINTS = 16384
 
 
 TaskEdit = Literal["mean_task", "shuffled_task"]
@@ -72,13 +75,16 @@ def tanp_scores(
     samples: int = 0,
     seed: int = 0,
     edit: TaskEdit | None = None,
-    batch: int = 64,
+    batch: int | None = None,
 ) -> np.ndarray:
     """(E, items) scores from the support sets alone; z = posterior mean, or the mean score
     over `samples` draws of z when samples > 0; `edit` applies an adaptation ablation.
-    Episodes are decoded `batch` at a time (the (batch, items, hidden) activations)."""
+    Episodes are decoded `batch` at a time (default: as many as keep the (batch, items, hidden)
+    activations about DECODE_POINTS points, so they stay in the CPU's caches)."""
     scorer = Scorer(model)
     state = support_state(scorer, episodes, edit=edit)
+    if batch is None:
+        batch = max(1, DECODE_POINTS // model.config.num_items)
     parts = []
     for start in range(0, len(episodes), batch):
         rows = slice(start, start + batch)

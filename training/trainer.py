@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,6 +20,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tanp.config import TaNPConfig
 from tanp.model import TaNP
+from tanp.scoring import Scorer
+from tanp.shortlist import Episode, fit_shortlist
 from training.batches import Profiles, StepBatch, draw_step, epoch_batches, training_profiles
 from training.compare import selection_score
 from training.config import TrainConfig
@@ -29,6 +31,8 @@ from training.losses import tanp_loss
 from training.validation import validation_headline
 
 FOLD_SEED_OFFSET = 7  # the folds draw from their own stream, apart from the episodes'
+# catalogs above this many items get a shortlist head (tanp.shortlist) when the preset asks
+SHORTLIST_MIN_ITEMS = 8192
 
 
 @dataclass
@@ -132,6 +136,7 @@ def build_untrained(
         num_users=len(interactions.user_ids),
         item_feature_dim=train.item_feature_dim,
         neighbours=min(model_config.neighbours, len(interactions.item_ids)),
+        shortlist=model_config.shortlist and len(interactions.item_ids) > SHORTLIST_MIN_ITEMS,
         label_min=interactions.label_min,
         label_max=interactions.label_max,
     )
@@ -341,5 +346,50 @@ def train_model(
             break
     model.load_state_dict(best.state)
     model.eval()
+    if model.shortlist is not None and shard.rank == 0:
+        fit_shortlist_head(model, data=data, train=train, generator=generator, threshold=threshold)
     seconds = time.perf_counter() - started
     return TrainResult(model, best.epoch, len(history), history, seconds, data, train)
+
+
+def fit_shortlist_head(
+    model: TaNP,
+    *,
+    data: TrainingData,
+    train: TrainConfig,
+    generator: torch.Generator,
+    threshold: float,
+) -> float:
+    """Distil the trained decoder into the shortlist head (tanp.shortlist): one support set
+    drawn per training profile, each fold's under its own item tables (as in training), the
+    teacher's scores over the whole catalog. Returns the distillation loss."""
+    config = model.config
+    device = next(model.parameters()).device
+
+    def episodes() -> Iterator[Episode]:
+        for fold, tensors in enumerate(data.fold_tensors):
+            members = torch.nonzero(data.profiles.folds == fold).flatten()
+            tensors.install(model)
+            scorer = Scorer(model)
+            for start in range(0, len(members), train.batch_size):
+                batch = draw_step(
+                    data.profiles,
+                    members[start : start + train.batch_size],
+                    train=train,
+                    num_items=config.num_items,
+                    threshold=threshold,
+                    generator=generator,
+                    z_dim=config.z_dim,
+                    affinity_dropout=0.0,
+                    unknown_user=None,
+                )
+                yield (
+                    batch.support_items.to(device),
+                    batch.support_labels.to(device),
+                    batch.support_mask.to(device),
+                    scorer.scores,
+                )
+
+    loss = fit_shortlist(model, episodes(), generator=generator)
+    data.full_tensors.install(model)
+    return loss

@@ -29,6 +29,7 @@ from app.serving.ranking import (
     candidate_top,
     popularity_top,
     score_spread,
+    shortlist_top,
     whole_catalog_tops,
 )
 from tanp.model import TaskState
@@ -45,6 +46,14 @@ class ScoringLimits:
 
     candidates: int
     full_scoring_max_items: int
+    shortlist: int = 0
+
+    def shortlist_count(self, model: ServingModel) -> int | None:
+        """How many items the shortlist head hands the decoder for `model`; None: no shortlist
+        (a model without the head, a GPU, SHORTLIST 0 or at least the catalog's size)."""
+        if model.scorer.device.type == "cuda" or not model.scorer.can_shortlist(self.shortlist):
+            return None
+        return self.shortlist
 
     def candidate_count(self, model: ServingModel) -> int | None:
         """How many candidates to score for `model`; None: the whole catalog."""
@@ -213,23 +222,30 @@ def _score(
     """Task states, then each request's ranking: over its candidates as soon as it has them,
     then over the whole catalog for the others."""
     states, remembered = _task_states(model, cache=cache, checked=checked)
-    count = limits.candidate_count(model) if limits is not None else None
+    shortlist = limits.shortlist_count(model) if limits is not None else None
+    count = limits.candidate_count(model) if limits is not None and shortlist is None else None
     outcomes: dict[int, Recommendation | ModelFaultError] = {}
     whole: list[int] = []
     for index, (request, state) in enumerate(zip(checked, states, strict=True)):
         candidates = request.candidates
         if candidates is None and count is not None:
             candidates = model.scorer.candidates(state, count=count)[0].cpu().numpy()
-        if candidates is None:
+        if candidates is None and shortlist is None:
             whole.append(index)
             continue
-        ranking = candidate_top(
-            model,
-            state=state,
-            candidates=candidates,
-            k=request.request.k,
-            excluded=request.excluded,
-        )
+        if candidates is None:
+            assert shortlist is not None
+            ranking = shortlist_top(
+                model, state=state, count=shortlist, k=request.request.k, excluded=request.excluded
+            )
+        else:
+            ranking = candidate_top(
+                model,
+                state=state,
+                candidates=candidates,
+                k=request.request.k,
+                excluded=request.excluded,
+            )
         outcomes[index] = _finish(
             model, request, state=state, ranking=ranking, cached=remembered[index], started=started
         )

@@ -39,6 +39,21 @@ def candidate_top(
     return candidates[positions], scores[positions]
 
 
+def shortlist_top(
+    model: ServingModel, *, state: TaskState, count: int, k: int, excluded: np.ndarray
+) -> Ranking | ModelFaultError:
+    """The top `k` of the decoder over the shortlist head's `count` best items (less the
+    `excluded`): a big catalog's cold request on CPU."""
+    items, scores = model.scorer.shortlist_scores(
+        state, count=count, exclude=torch.from_numpy(excluded)
+    )
+    values = scores.cpu().numpy()
+    if not np.isfinite(values).all():
+        return non_finite(model)
+    positions = rank(values, k=k)
+    return items.cpu().numpy()[positions], values[positions]
+
+
 def whole_catalog_tops(
     model: ServingModel,
     *,
