@@ -66,7 +66,7 @@ def fit_shortlist(
     tables installed when the batch is read (the caller may swap tables between batches).
     Returns the last epoch's mean loss."""
     head: ShortlistHead = model.shortlist  # type: ignore[assignment]
-    num_items = int(model.config.num_items)  # type: ignore[union-attr]
+    num_items = int(model.config.num_items)  # type: ignore[union-attr, arg-type]
     users, items_x, affinities, targets = [], [], [], []
     with torch.no_grad():
         for support_items, support_labels, support_mask, teacher in episodes:
@@ -97,7 +97,7 @@ def fit_shortlist(
     x_all, affinity_all, target_all = torch.cat(items_x), torch.cat(affinities), torch.cat(targets)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     loss_value = float("nan")
-    z_dim = int(model.config.z_dim)  # type: ignore[union-attr]
+    z_dim = int(model.config.z_dim)  # type: ignore[union-attr, arg-type]
     for _ in range(epochs):
         order = torch.randperm(len(user_all), generator=generator)
         total, steps = 0.0, 0
