@@ -216,13 +216,14 @@ def simulate(
     return values
 
 
-def objective(runs: list[Run], weights: QuestionWeights) -> float:
-    """Validation users of every run: NDCG@5 + Recall@20 of ours after TUNE_ROUNDS rounds."""
+def objective(runs: list[Run], weights: QuestionWeights, *, users: int) -> float:
+    """Validation users of every run (the first `users` episodes of each): NDCG@5 + Recall@20
+    of ours after TUNE_ROUNDS rounds, averaged over the runs."""
     total = []
     for run in runs:
         values = simulate(
             run,
-            run.prepared.episodes["valid"],
+            first_episodes(run.prepared.episodes["valid"], users),
             strategies=("ours",),
             weights=weights,
             rounds=TUNE_ROUNDS,
@@ -231,9 +232,17 @@ def objective(runs: list[Run], weights: QuestionWeights) -> float:
     return float(np.mean(total))
 
 
-def tune(runs: list[Run], start: QuestionWeights) -> tuple[QuestionWeights, list[dict[str, Any]]]:
+def first_episodes(episodes: EpisodeSet, count: int) -> EpisodeSet:
+    return EpisodeSet(
+        **{f.name: getattr(episodes, f.name)[:count] for f in dataclasses.fields(episodes)}
+    )
+
+
+def tune(
+    runs: list[Run], start: QuestionWeights, *, users: int
+) -> tuple[QuestionWeights, list[dict[str, Any]]]:
     """Coordinate search over TUNE_GRID from `start`, two passes, on validation users only."""
-    best, best_value = start, objective(runs, start)
+    best, best_value = start, objective(runs, start, users=users)
     trials = [{"weights": dataclasses.asdict(best), "valid": best_value}]
     for _ in range(2):
         improved = False
@@ -242,7 +251,7 @@ def tune(runs: list[Run], start: QuestionWeights) -> tuple[QuestionWeights, list
                 if value == getattr(best, field):
                     continue
                 trial = dataclasses.replace(best, **{field: value})
-                score = objective(runs, trial)
+                score = objective(runs, trial, users=users)
                 trials.append({"weights": dataclasses.asdict(trial), "valid": score})
                 print(f"  valid {score:.4f}  {dataclasses.asdict(trial)}", flush=True)
                 if score > best_value:
@@ -265,6 +274,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED)
     parser.add_argument("--rounds", type=int, default=max(REPORTED_ROUNDS))
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--tune-users", type=int, default=150, help="validation users per run")
+    parser.add_argument("--tune-only", action="store_true", help="stop after --tune")
     parser.add_argument("--weights", help="ours' weights, e.g. score=1,entropy=3,redundancy=8")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -274,8 +285,14 @@ def main() -> None:
     weights = parse_weights(args.weights)
     trials: list[dict[str, Any]] = []
     if args.tune:
-        weights, trials = tune(runs, weights)
+        weights, trials = tune(runs, weights, users=args.tune_users)
     print(f"weights: {dataclasses.asdict(weights)}", flush=True)
+    if args.tune_only:
+        if args.json:
+            args.json.write_text(
+                json.dumps({"weights": dataclasses.asdict(weights), "tuning": trials}, indent=2)
+            )
+        return
     per_run = {
         run.name: simulate(
             run,
