@@ -26,17 +26,17 @@ class NonFiniteScoresError(ValueError):
 
 @dataclass(frozen=True)
 class QuestionWeights:
-    """How much each part of an item's value counts (chosen on validation users by
-    `bench/onboarding.py --tune`). score: predicted like probability; entropy: of that
+    """How much each part of an item's value counts; the defaults were chosen on validation
+    users by `bench/onboarding.py --tune` (README, Onboarding). score: predicted like probability; entropy: of that
     probability, in bits; shrinkage: expected shrinkage of z's variance, change: expected mean
     absolute change of the current top items' scores, each divided by the pool's largest;
     redundancy: subtracted per unit of neighbour similarity to an item already chosen."""
 
     score: float = 1.0
     entropy: float = 3.0
-    shrinkage: float = 1.0
+    shrinkage: float = 0.0
     change: float = 1.0
-    redundancy: float = 8.0
+    redundancy: float = 16.0
 
 
 DEFAULT_WEIGHTS = QuestionWeights()
