@@ -312,6 +312,19 @@ def main() -> None:
                 table.setdefault(name, {}).setdefault(str(r), {})[metric] = float(
                     np.nanmean(pooled)
                 )
+    by_split = {
+        run.split: {
+            name: {
+                str(r): {
+                    metric: float(np.nanmean(per_run[run.name][name][r][metric]))
+                    for metric in METRICS
+                }
+                for r in reported
+            }
+            for name in STRATEGIES
+        }
+        for run in runs
+    }
     differences: dict[str, Any] = {}
     for r in reported:
         for metric in METRICS:
@@ -321,12 +334,22 @@ def main() -> None:
             )
             differences.setdefault(str(r), {})[metric] = dataclasses.asdict(difference)
     print_table(table, differences, reported, runs)
+    for split, values in by_split.items():
+        print(
+            f"\n{split}, after 2 rounds: "
+            + "; ".join(
+                f"{name} {values[name]['2']['NDCG@5']:.3f} / {values[name]['2']['Recall@20']:.3f}"
+                for name in STRATEGIES
+                if "2" in values[name]
+            )
+        )
     result = {
         "runs": {run.name: run.split for run in runs},
         "users": {run.name: len(run.prepared.episodes["test"]) for run in runs},
         "weights": dataclasses.asdict(weights),
         "tuning": trials,
         "table": table,
+        "by_split": by_split,
         "ours_minus_logpop_entropy": differences,
         "seconds": time.perf_counter() - started,
         "machine": {

@@ -482,7 +482,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
             count = int(args.rate * args.duration)
-            load("warm-up", bodies_of(random_supports(items, 200, seed=next(seed))), 50.0)
+            # never faster than the measured rate: a slow endpoint's backlog would spill over
+            slow = min(50.0, args.rate)
+            load("warm-up", bodies_of(random_supports(items, 200, seed=next(seed))), slow)
             if not args.no_fixed:
                 results.append(
                     load(
@@ -492,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             pool = random_supports(items, HIT_POOL, seed=3)
-            load("fill the cache", bodies_of(pool), 50.0)
+            load("fill the cache", bodies_of(pool), slow)
             hit_bodies = bodies_of(pool)
             if not args.no_fixed:
                 hits = [hit_bodies[index % HIT_POOL] for index in range(count)]
