@@ -27,10 +27,11 @@ class NonFiniteScoresError(ValueError):
 @dataclass(frozen=True)
 class QuestionWeights:
     """How much each part of an item's value counts; the defaults were chosen on validation
-    users by `bench/onboarding.py --tune` (README, Onboarding). score: predicted like probability; entropy: of that
-    probability, in bits; shrinkage: expected shrinkage of z's variance, change: expected mean
-    absolute change of the current top items' scores, each divided by the pool's largest;
-    redundancy: subtracted per unit of neighbour similarity to an item already chosen."""
+    users by `bench/onboarding.py --tune` (README, Onboarding). score: predicted like
+    probability; entropy: of that probability, in bits; shrinkage: expected shrinkage of z's
+    variance, change: expected mean absolute change of the current top items' scores, each
+    divided by the pool's largest; redundancy: subtracted per unit of neighbour similarity to
+    an item already chosen."""
 
     score: float = 1.0
     entropy: float = 3.0
