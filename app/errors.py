@@ -10,7 +10,8 @@
     │   └── UnknownVersionError  404  no run directory of that name under MODELS_DIR
     ├── ModelRefusedError        422  a checkpoint that failed verification (old model serves on)
     ├── ModelUnavailableError    503  no model loaded yet (carries Retry-After)
-    │   └── RegistryUnavailableError 503  an activation SQL could not record: nothing changed
+    │   ├── RegistryUnavailableError 503  an activation SQL could not record: nothing changed
+    │   └── OverloadedError      503  BATCH_MAX_PENDING calls already wait for the model
     └── ModelFaultError          503  the served model broke an invariant answering this request
 
 Malformed JSON, wrong types and out-of-range values are FastAPI's `RequestValidationError`: 422
@@ -101,6 +102,14 @@ class ModelUnavailableError(ServingError):
 class RegistryUnavailableError(ModelUnavailableError):
     """An activation the model registry could not record: refused so that no acknowledged
     reload is ever undone; nothing was changed."""
+
+
+class OverloadedError(ModelUnavailableError):
+    """This worker already has BATCH_MAX_PENDING recommend calls waiting: refused at once
+    (with Retry-After) rather than queued without bound."""
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class ModelFaultError(ServingError):

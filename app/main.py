@@ -53,7 +53,7 @@ def build_cache(settings: Settings, metrics: Metrics) -> TaskStateCache:
         )
     else:
         store = MemoryCache(ttl_seconds=settings.cache_ttl_seconds)
-    return TaskStateCache(store)
+    return TaskStateCache(store, prefix=settings.broadcast_prefix)
 
 
 def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
@@ -61,17 +61,20 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
     loads the startup model and starts the model threads."""
     cache = build_cache(settings, metrics)
     database = open_database(settings.database_url, migrate=settings.migrate_on_start)
+    # REQUEST_LOG_SPOOL_BYTES bounds both spools of a worker together
+    audit_bytes = settings.request_log_spool_bytes // 8
     request_log = SqlRequestLog(
         database.sessions,
         spool_dir=settings.spool_dir() / "request_log",
-        spool_max_bytes=settings.request_log_spool_bytes,
+        spool_max_bytes=settings.request_log_spool_bytes - audit_bytes,
         on_failure=metrics.request_log_failures.inc,
         on_drop=metrics.request_log_dropped.inc,
     )
     audit_log = AuditLog(
         database.sessions,
         spool_dir=settings.spool_dir() / "admin_audit",
-        spool_max_bytes=settings.request_log_spool_bytes,
+        spool_max_bytes=audit_bytes,
+        anonymous_per_minute=settings.audit_anonymous_per_minute,
     )
     metrics.request_log_pending.set_function(request_log.pending)
     worker = worker_id()
@@ -99,6 +102,7 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         reconcile_seconds=settings.reconcile_seconds,
         registry_timeout_seconds=settings.registry_timeout_seconds,
         on_swap=on_swap,
+        confirm_seconds=settings.reload_confirm_seconds,
     )
     models.start(pinned=settings.active_model)
     models.run_background()
@@ -114,8 +118,8 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
         recommender=Recommender(
             cache=cache,
             answers=(
-                AnswerMemo(max_entries=settings.answer_cache_entries)
-                if settings.answer_cache_entries
+                AnswerMemo(max_bytes=settings.answer_cache_bytes)
+                if settings.answer_cache_bytes
                 else None
             ),
             metrics=metrics,
@@ -127,12 +131,13 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
                 shortlist=settings.shortlist,
             ),
             max_batch=settings.batch_max_requests,
+            max_pending=settings.batch_max_pending,
             on_model_fault=models.report_fault,
         ),
         questions=QuestionAsker(
             answers=(
-                AnswerMemo(max_entries=settings.answer_cache_entries)
-                if settings.answer_cache_entries
+                AnswerMemo(max_bytes=settings.answer_cache_bytes)
+                if settings.answer_cache_bytes
                 else None
             ),
             metrics=metrics,
@@ -161,6 +166,9 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Cold-start artist recommendations from a handful of ratings (TaNP).",
         version="1",
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: off in production (API_DOCS)
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
     )
     install_error_handlers(app)
     app.include_router(recommend.router)

@@ -48,6 +48,7 @@ RECOMMEND_RESPONSE_EXAMPLE: JsonDict = {
         },
     ],
     "model_version": "20250101-lastfm",
+    "model_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
     "cached": False,
     "fallback": None,
     "request_id": "3f2c8e0a9b7d4c1e8f6a5b4c3d2e1f00",
@@ -130,6 +131,9 @@ class RecommendResponse(BaseModel):
 
     items: list[RecommendedItem]
     model_version: str
+    model_sha256: str = Field(
+        description="sha256 of the weights that answered: a retrain may reuse a version's name."
+    )
     cached: bool
     fallback: Literal["popularity"] | None
     request_id: str
@@ -206,6 +210,7 @@ class WorkerStatus(BaseModel):
     worker: str
     pid: int
     version: str | None
+    sha256: str | None = None
     last_reconcile: float | None = None
     updated_at: float
 
@@ -214,8 +219,8 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_version: str | None
     device: str | None
-    pid: int
-    db: str
+    pid: int | None = Field(default=None, description="Only with the admin bearer token.")
+    db: str = Field(description="'ok' or 'down'; with the admin token, why it is down.")
     redis: Literal["ok", "down", "disabled"]
     cache: str
     workers: list[WorkerStatus] = Field(default_factory=list)
@@ -271,3 +276,9 @@ class ActivateResponse(BaseModel):
     version: str
     previous: str | None
     device: str
+    sha256: str = Field(default="", description="The activated weights' sha256.")
+    unconfirmed_workers: list[str] = Field(
+        default_factory=list,
+        description="Live workers that did not report the new weights within "
+        "RELOAD_CONFIRM_SECONDS (always empty when it is 0).",
+    )

@@ -29,10 +29,18 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @functools.cache
-def _timeouts() -> tuple[float, float]:
-    """(header, body) timeouts of this process, read once from the environment."""
+def _limits() -> tuple[float, float, int]:
+    """(header timeout, body timeout, MAX_HEADER_BYTES) of this process, read once from the
+    environment."""
     settings = Settings()
-    return settings.header_timeout_seconds, settings.body_timeout_seconds
+    return (
+        settings.header_timeout_seconds,
+        settings.body_timeout_seconds,
+        settings.max_header_bytes,
+    )
+
+
+_HEAD_END = b"\r\n\r\n"
 
 
 class TimedHttpProtocol(HttpToolsProtocol):
@@ -40,13 +48,18 @@ class TimedHttpProtocol(HttpToolsProtocol):
     (HEADER_TIMEOUT_SECONDS, from the connection's start or the end of the previous response)
     and one for the body (BODY_TIMEOUT_SECONDS, from the end of the headers): past either the
     connection is closed, with a 408 when part of a request had arrived. uvicorn's own
-    keep-alive timeout (KEEP_ALIVE_SECONDS) closes idle connections between requests."""
+    keep-alive timeout (KEEP_ALIVE_SECONDS) closes idle connections between requests.
+    A request line and headers of more than MAX_HEADER_BYTES get 431 and the connection is
+    closed before they are parsed (httptools would buffer a header of any size)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout, self.body_timeout = _timeouts()
+        self.header_timeout, self.body_timeout, self.max_header_bytes = _limits()
         self._deadline: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of a request arrived since the last response
+        self._in_head = True  # reading a request line and headers
+        self._head_bytes = 0  # bytes of them so far
+        self._head_tail = b""  # the last 3 bytes, for a blank line split across reads
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -57,10 +70,28 @@ class TimedHttpProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused: the rest of the request is never parsed
         self._partial = True
+        if self._in_head and self._head_too_large(data):
+            self._refuse(
+                b"431 Request Header Fields Too Large",
+                f"request line and headers over {self.max_header_bytes} bytes",
+            )
+            return
         super().data_received(data)
 
+    def _head_too_large(self, data: bytes) -> bool:
+        room = self.max_header_bytes - self._head_bytes
+        end = (self._head_tail + data).find(_HEAD_END)
+        if end >= 0:  # the head ends in this read: its bytes up to the blank line count
+            return end + len(_HEAD_END) - len(self._head_tail) > room
+        self._head_bytes += len(data)
+        self._head_tail = (self._head_tail + data)[-3:]
+        return self._head_bytes > self.max_header_bytes
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
         super().on_headers_complete()
         self._disarm()
         if not self.pipeline:  # a pipelined request's body waits for the previous response
@@ -68,6 +99,7 @@ class TimedHttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_head, self._head_bytes, self._head_tail = True, 0, b""
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -91,16 +123,24 @@ class TimedHttpProtocol(HttpToolsProtocol):
             return
         answered = self.cycle is not None and self.cycle.response_started and what == "body"
         if self._partial and not answered:
-            detail = f"request {what} not received within {seconds:g} s"
-            body = ('{"detail": "' + detail + '"}').encode("ascii")
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"connection: close\r\ncontent-length: "
-                + str(len(body)).encode("ascii")
-                + b"\r\n\r\n"
-                + body
+            self._refuse(
+                b"408 Request Timeout", f"request {what} not received within {seconds:g} s"
             )
-            logger.info("closed a connection: %s", detail)
+            return
+        self.transport.close()
+
+    def _refuse(self, status: bytes, detail: str) -> None:
+        """Answer `status` with a JSON detail and close the connection."""
+        self._disarm()
+        body = ('{"detail": "' + detail + '"}').encode("ascii")
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: "
+            + str(len(body)).encode("ascii")
+            + b"\r\n\r\n"
+            + body
+        )
+        logger.info("closed a connection: %s", detail)
         self.transport.close()
 
 

@@ -77,6 +77,17 @@ class Metrics:
             "memory queue's, or refused by a broken sink.",
             registry=self.registry,
         )
+        self.overloaded = Counter(
+            "tanp_overloaded",
+            "Recommend calls refused with 503 because BATCH_MAX_PENDING calls already waited.",
+            registry=self.registry,
+        )
+        self.admin_audit_sampled = Counter(
+            "tanp_admin_audit_sampled",
+            "Anonymous admin refusals (401/404) past AUDIT_ANONYMOUS_PER_MINUTE: logged, not "
+            "written to the audit table.",
+            registry=self.registry,
+        )
         self.request_log_pending = Gauge(
             "tanp_request_log_pending_rows",
             "Request-log rows recorded but not yet in SQL (queued or spooled), this worker.",

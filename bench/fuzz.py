@@ -2,9 +2,11 @@
 hundred examples each, as an anonymous caller and as the admin.
 
     python bench/fuzz.py --models-dir DIR [--examples 300] [--workers 2] [--seed 1]
+    python bench/fuzz.py --base-url http://127.0.0.1:8000 --token "$ADMIN_TOKEN"   # compose
 
 Starts `tanp-serve --workers N` on loopback (its own SQLite registry, the models under DIR,
-an admin token), then runs `schemathesis run` twice (without and with the bearer token) with
+an admin token), or takes a running deployment (`--base-url`, e.g. `docker compose up`, with
+its admin token), then runs `schemathesis run` twice (without and with the bearer token) with
 every check and phase (examples, coverage, fuzzing, stateful) and the expectations of
 schemathesis.toml. Prints one table row per run: operations, test cases, failures, errors;
 exits 1 when any run found a failure. Reports (schemathesis JSON) go to --out.
@@ -92,25 +94,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--models-dir", type=Path, required=True, help="MODELS_DIR to serve")
+    parser.add_argument("--models-dir", type=Path, default=None, help="MODELS_DIR to serve")
+    parser.add_argument(
+        "--base-url", default=None, help="fuzz this running deployment instead of starting one"
+    )
+    parser.add_argument("--token", default=None, help="its ADMIN_TOKEN (with --base-url)")
     parser.add_argument("--examples", type=int, default=300, help="examples per operation")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="folder for the reports")
     args = parser.parse_args(argv)
+    if (args.models_dir is None) == (args.base_url is None):
+        parser.error("give exactly one of --models-dir or --base-url")
+    if args.base_url is not None and not args.token:
+        parser.error("--base-url needs --token (the deployment's ADMIN_TOKEN)")
 
     workdir = Path(tempfile.mkdtemp(prefix="tanp-fuzz-"))
     out = args.out or workdir
     out.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(
-        models_dir=args.models_dir, workdir=workdir, port=port, workers=args.workers, token=token
-    )
+    server: subprocess.Popen[bytes] | None = None
+    if args.base_url is not None:
+        base, token = args.base_url.rstrip("/"), args.token
+    else:
+        token = secrets.token_hex(16)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        server = start_server(
+            models_dir=args.models_dir,
+            workdir=workdir,
+            port=port,
+            workers=args.workers,
+            token=token,
+        )
     runs: list[tuple[str, dict[str, Any]]] = []
     try:
-        wait_ready(base, server, timeout=120)
+        if server is not None:
+            wait_ready(base, server, timeout=120)
         for caller, headers in (
             ("anonymous", []),
             ("admin (bearer token)", [f"Authorization: Bearer {token}"]),
@@ -129,13 +148,19 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
         if args.out is not None:  # the reports are elsewhere: nothing here worth keeping
             shutil.rmtree(workdir, ignore_errors=True)
 
+    target = (
+        f"the deployment at {base}"
+        if server is None
+        else f"tanp-serve --workers {args.workers}, 127.0.0.1, models {args.models_dir}"
+    )
     print(
-        f"server: tanp-serve --workers {args.workers}, 127.0.0.1, models {args.models_dir}; "
+        f"server: {target}; "
         f"machine: {platform.machine()}, {os.cpu_count()} cores; "
         f"schemathesis {runs[0][1]['schemathesis_version']}, --max-examples {args.examples}, "
         f"--seed {args.seed}, every check and phase; reports in {out}\n"

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.baselines import Baselines
+from training.baselines import Baselines, TuningPair
 from training.compare import per_user_headline
 from training.config import preset_configs
 from training.data import Interactions
@@ -146,7 +146,12 @@ def run(
     }
     if epochs is None:
         baselines = Baselines(prepared)
-        knn = baselines.tune("item_knn", {"shrink": (0.0, 10.0, 50.0)}, baselines.item_knn)
+        (knn,) = baselines.tune(
+            "item_knn",
+            [{"shrink": shrink} for shrink in (0.0, 10.0, 50.0)],
+            lambda episodes, setting: baselines.item_knn(episodes, shrink=setting["shrink"]),
+            [TuningPair(prepared.episodes["valid"], prepared.episodes["test"])],
+        )
         row["quality"] = {
             "tanp": score(prepared, tanp_scores(result.model, prepared.episodes["test"])),
             "item_knn": score(prepared, knn.test_scores),

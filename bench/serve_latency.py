@@ -56,7 +56,9 @@ from tanp.scoring import Scorer, pack_state, rank, unpack_state
 from tests.support.live_server import wait_ready
 from tests.support.network import free_port
 
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lastfm"
 LASTFM_ITEMS = 3846
+SHORTLIST = int(os.environ.get("SHORTLIST", "500"))  # as the server's setting
 P99_TARGET_MS = 50.0
 HIT_POOL = 32
 ENDPOINTS = {  # --endpoint: the path and the k of every request
@@ -87,6 +89,33 @@ def random_supports(items: list[str], count: int, seed: int) -> list[list[dict[s
         size = generator.randint(10, 20)
         chosen = generator.sample(items, size)
         supports.append([{"item_id": item, "rating": generator.randint(0, 1)} for item in chosen])
+    return supports
+
+
+def listener_supports(
+    data: Path, items: list[str], count: int, seed: int
+) -> list[list[dict[str, Any]]]:
+    """Bodies of real listeners for a hetrec-median model: 5-20 of one HetRec user's artists
+    (users drawn with replacement, artists without), each rated 1 when its play count is at
+    least that user's median, else 0 (the model's own labels)."""
+    from training.data import load_hetrec_median
+
+    interactions = load_hetrec_median(data)
+    known = set(items)
+    by_user: dict[int, list[tuple[str, int]]] = {}
+    for user, item, label in zip(
+        interactions.users, interactions.items, interactions.labels, strict=True
+    ):
+        item_id = interactions.item_ids[item]
+        if item_id in known:
+            by_user.setdefault(int(user), []).append((item_id, int(label)))
+    users = [user for user, rated in by_user.items() if len(rated) >= 5]
+    generator = random.Random(seed)
+    supports = []
+    for _ in range(count):
+        rated = by_user[generator.choice(users)]
+        chosen = generator.sample(rated, generator.randint(5, min(20, len(rated))))
+        supports.append([{"item_id": item, "rating": label} for item, label in chosen])
     return supports
 
 
@@ -160,7 +189,8 @@ def summarise(
 
 
 def in_process(run_dir: Path, supports: list[list[dict[str, Any]]], *, cached: bool) -> Result:
-    """The same inputs through `tanp.scoring` directly (encode unless cached, decode, rank)."""
+    """The same inputs through `tanp.scoring` directly (encode unless cached, the shortlist
+    head's first pass when the model has one, decode, rank)."""
     torch.set_num_threads(1)
     loaded = build_model(run_dir, "cpu")
     scorer: Scorer = loaded.scorer
@@ -174,11 +204,51 @@ def in_process(run_dir: Path, supports: list[list[dict[str, Any]]], *, cached: b
     for indices, labels, packed in prepared:
         started = time.perf_counter()
         state = unpack_state(packed) if cached else scorer.encode_one(indices, labels)
-        scores = scorer.scores(state)[0].numpy()
-        rank(scores, k=10, exclude=np.asarray(indices))
+        if scorer.can_shortlist(SHORTLIST):
+            chosen, values = scorer.shortlist_scores(
+                state, count=SHORTLIST, exclude=torch.tensor(indices)
+            )
+            chosen.numpy()[rank(values.numpy(), k=10)]
+        else:
+            rank(scorer.scores(state)[0].numpy(), k=10, exclude=np.asarray(indices))
         timings.append(time.perf_counter() - started)
     name = "in-process tanp.scoring, " + ("cached state" if cached else "encode + decode")
     return summarise(name, rate=float("nan"), latencies=timings, errors=0, elapsed=sum(timings))
+
+
+def model_parts(
+    run_dir: Path, supports: list[list[dict[str, Any]]], *, shortlist: int
+) -> list[tuple[str, float]]:
+    """(part, mean ms) of the model's share of a cold request, one thread: encode the support,
+    the shortlist head's first pass over the catalog (with the neighbour affinity), the decoder
+    on the shortlisted items (on every item without a head), rank the top 10."""
+    torch.set_num_threads(1)
+    loaded = build_model(run_dir, "cpu")
+    scorer: Scorer = loaded.scorer
+    index_of = {item: index for index, item in enumerate(loaded.items)}
+    parts: dict[str, list[float]] = {"encode": [], "first pass": [], "decode": [], "rank": []}
+    with torch.inference_mode():
+        for support in supports:
+            indices = [index_of[entry["item_id"]] for entry in support]
+            labels = [float(entry["rating"]) for entry in support]
+            t0 = time.perf_counter()
+            state = scorer.encode_one(indices, labels)
+            t1 = time.perf_counter()
+            chosen = None
+            if scorer.can_shortlist(shortlist):
+                first, affinity = scorer.first_pass(state, exclude=torch.tensor(indices))
+                chosen = first.topk(shortlist).indices
+            t2 = time.perf_counter()
+            if chosen is None:
+                scores = scorer.scores(state)[0].numpy()
+            else:
+                scores = scorer.decode_shortlist(state, chosen, affinity).numpy()
+            t3 = time.perf_counter()
+            rank(scores, k=10, exclude=None if chosen is not None else np.asarray(indices))
+            t4 = time.perf_counter()
+            for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                parts[name].append(1000.0 * seconds)
+    return [(name, statistics.fmean(values)) for name, values in parts.items()]
 
 
 def breakdown(
@@ -195,7 +265,7 @@ def breakdown(
     from app.schemas import RecommendRequest
     from app.serving.cache import MemoryCache, RedisCache, TaskStateCache
     from app.serving.model import ServingModel
-    from app.serving.pipeline import recommend
+    from app.serving.pipeline import ScoringLimits, recommend
     from app.storage.db import open_database
     from app.storage.request_log import RequestLogEntry, SqlRequestLog
 
@@ -228,6 +298,7 @@ def breakdown(
 
     torch.set_num_threads(1)
     model = ServingModel.load(run_dir, device="cpu")
+    limits = ScoringLimits(candidates=2000, full_scoring_max_items=50_000, shortlist=SHORTLIST)
     store: Any = (
         RedisCache(url=redis_url, ttl_seconds=600, timeout_seconds=0.5)
         if redis_url
@@ -291,7 +362,9 @@ def breakdown(
             request = RecommendRequest.model_validate_json(body)
             t1 = time.perf_counter()
             timed.seconds = 0.0
-            answer = recommend(model=model, cache=cache, request=request, max_support=100)
+            answer = recommend(
+                model=model, cache=cache, request=request, max_support=100, limits=limits
+            )
             t2 = time.perf_counter()
             recommend_response_json(answer, request_id="0" * 32)
             t3 = time.perf_counter()
@@ -423,6 +496,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="registry and request log (default: a throwaway SQLite file)",
     )
+    parser.add_argument(
+        "--bodies",
+        choices=["auto", "random", "listeners"],
+        default="auto",
+        help="request bodies: random catalog items rated 0/1, or real HetRec listeners "
+        "(5-20 artists, median-play labels); auto: listeners for a hetrec-median model",
+    )
+    parser.add_argument("--data", type=Path, default=SHARED, help="HetRec files (listeners)")
     parser.add_argument("--no-breakdown", action="store_true")
     parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="recommend")
     parser.add_argument(
@@ -434,7 +515,17 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="tanp-bench-"))
     models_dir, version, description = prepare_models(args.run, workdir)
-    items = json.loads((models_dir / version / "manifest.json").read_text())["items"]
+    manifest = json.loads((models_dir / version / "manifest.json").read_text())
+    items = manifest["items"]
+    listeners = args.bodies == "listeners" or (
+        args.bodies == "auto" and manifest.get("data", {}).get("split") == "hetrec-median"
+    )
+
+    def make_supports(count: int, seed: int) -> list[list[dict[str, Any]]]:
+        if listeners:
+            return listener_supports(args.data, items, count, seed)
+        return random_supports(items, count, seed)
+
     database_url = args.database_url or f"sqlite:///{workdir / 'bench.db'}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -484,16 +575,16 @@ def main(argv: list[str] | None = None) -> int:
             count = int(args.rate * args.duration)
             # never faster than the measured rate: a slow endpoint's backlog would spill over
             slow = min(50.0, args.rate)
-            load("warm-up", bodies_of(random_supports(items, 200, seed=next(seed))), slow)
+            load("warm-up", bodies_of(make_supports(200, next(seed))), slow)
             if not args.no_fixed:
                 results.append(
                     load(
                         "distinct supports (misses)",
-                        bodies_of(random_supports(items, count, seed=next(seed))),
+                        bodies_of(make_supports(count, next(seed))),
                         args.rate,
                     )
                 )
-            pool = random_supports(items, HIT_POOL, seed=3)
+            pool = make_supports(HIT_POOL, 3)
             load("fill the cache", bodies_of(pool), slow)
             hit_bodies = bodies_of(pool)
             if not args.no_fixed:
@@ -503,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.sweep:
                 duration = args.sweep_duration or args.duration
                 for rate in (float(value) for value in args.miss_rates.split(",") if value):
-                    supports = random_supports(items, int(rate * duration), seed=next(seed))
+                    supports = make_supports(int(rate * duration), next(seed))
                     result = load("sweep, distinct supports (misses)", bodies_of(supports), rate)
                     miss_sweep.append(result)
                     if result.errors or result.p99_ms > P99_TARGET_MS:
@@ -521,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait(timeout=30)
 
     if in_process_parts:
-        sample = random_supports(items, 1000, seed=2)
+        sample = make_supports(1000, 2)
         results.append(in_process(models_dir / version, sample, cached=False))
         results.append(in_process(models_dir / version, sample, cached=True))
     print(
@@ -533,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"torch {torch.__version__}; load generator (bench/loadgen.py, asyncio + uvloop, one "
         f"process) on the same machine; latency counted from each request's due time; {path}, "
-        f"k={k}, support 10-20 items\n"
+        f"k={k}, support {'5-20 artists of real HetRec listeners' if listeners else '10-20 random items'}\n"
     )
     print(table(results + miss_sweep + hit_sweep))
     if args.sweep:
@@ -543,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     if in_process_parts and not args.no_breakdown:
         parts = breakdown(
             models_dir / version,
-            random_supports(items, 500, seed=next(seed)),
+            make_supports(500, next(seed)),
             redis_url=args.redis_url,
             database_url=database_url,
         )
@@ -552,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, miss, hit in parts:
             print(f"| {name} | {miss:.3f} | {hit:.3f} |")
         print(f"| sum | {sum(p[1] for p in parts):.3f} | {sum(p[2] for p in parts):.3f} |")
+        shortlist = int(os.environ.get("SHORTLIST", "500"))
+        print(f"\nthe model's part of a miss, one thread (SHORTLIST {shortlist}; mean ms):\n")
+        print("| part | ms |\n|---|---:|")
+        for name, value in model_parts(
+            models_dir / version, make_supports(500, next(seed)), shortlist=shortlist
+        ):
+            print(f"| {name} | {value:.3f} |")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

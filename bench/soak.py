@@ -4,21 +4,27 @@
 
 Runs `tanp-serve --workers 2` on loopback with its own `redis-server` and its own database on
 the machine's Postgres (127.0.0.1:5432, user postgres), reached through a TCP proxy this script
-can cut. A separate process sends an open-loop load of distinct support sets (request i leaves
-at t0 + i / rate, whatever happened to the earlier ones; latency counted from that time), each
-with its own X-Request-ID. The fault schedule (fractions of the duration):
+can cut. A separate process sends an open-loop load (request i leaves at t0 + i / rate, whatever
+happened to the earlier ones; latency counted from that time), each with its own X-Request-ID:
+two in three are distinct support sets, one in three repeats one of 300 (so task states and
+answers are remembered across reloads). A memo-flood client sends distinct maximal requests
+(3,700 excluded items, 3,800 candidates) beside it. The fault schedule (fractions of the run):
 
     10 % reload v2          35 % reload v1               60 % the refused reload, again
     20 % Redis killed (-9)  45 % Postgres cut            70 % a corrupt version offered (422)
-    30 % Redis restarted    50 % reload v2 (cut: 503)    80 % reload v1   90 % reload v2
-                            55 % Postgres back
+    30 % Redis restarted    50 % reload v2 (cut: 503)    80 % reload v1
+                            55 % Postgres back           85 % v1 retrained in its own folder
+                                                              (new weights), reload v1
+                                                         90 % reload v2
 
 Afterwards: sent vs answered vs request-log rows in Postgres (waiting for the spools to drain),
 each worker's drop and failure counters, whether every acknowledged reload stayed in force (no
-answer from another version after it had propagated), per-minute p50/p99 and RSS; then the
-parent is killed with SIGKILL, its workers must stop by themselves and a new server must start
-on the same port and serve the last acknowledged version. Prints markdown; `--json` writes the
-figures. Everything it starts it stops; its database is dropped. `--short`: 60 s.
+answer from other weights, by sha256, sent after its 200: RELOAD_CONFIRM_SECONDS makes the 200
+wait for every worker), hybrids (a sample of answers re-scored here with the weights they name),
+per-minute p50/p99 and each worker's RSS; then the parent is killed with SIGKILL, its workers
+must stop by themselves and a new server must start on the same port and serve the last
+acknowledged version. Prints markdown; `--json` writes the figures. Everything it starts it
+stops; its database is dropped. `--short`: 60 s.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -60,6 +67,10 @@ POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect
 PROPAGATION_SECONDS = 6.0  # pub/sub, or one reconcile round (5 s) when a message was missed
 CONNECTIONS = 64  # the load generator's keep-alive connections
 REQUEST_TIMEOUT_SECONDS = 15.0
+REPEATED_SETS = 300  # support sets the load repeats (one request in three)
+CHECKED_EVERY = 10  # one answer in this many is kept whole and re-scored here (hybrids)
+FLOOD_RATE = 10.0  # memo-flood requests a second
+HYBRID_TOLERANCE = 1e-3  # a score this far from the named weights' own is a hybrid
 METRIC = re.compile(r"^(tanp_request_log_\w+?)(?:_total)? (\S+)$", re.MULTILINE)
 
 
@@ -114,11 +125,16 @@ class Sample:
     latency: float  # seconds from the scheduled time; nan when no answer
     status: int  # 0: no answer (connection error or timeout)
     version: str
+    sha: str = ""  # the weights that answered (model_sha256)
+    index: int = -1
+    items: list[tuple[str, float]] | None = None  # kept for one answer in CHECKED_EVERY
 
 
 def support(items: list[str], index: int) -> list[dict[str, Any]]:
-    """Request `index`'s support set: 10-20 distinct items, 0/1 ratings, the same every run."""
-    generator = random.Random(index)
+    """Request `index`'s support set: 10-20 distinct items, 0/1 ratings, the same every run;
+    one request in three repeats one of REPEATED_SETS sets."""
+    seed = 10**9 + index % REPEATED_SETS if index % 3 == 0 else index
+    generator = random.Random(seed)
     chosen = generator.sample(items, generator.randint(10, 20))
     return [{"item_id": item, "rating": generator.randint(0, 1)} for item in chosen]
 
@@ -153,8 +169,21 @@ async def _load(
             samples.append(Sample(scheduled - t0, float("nan"), 0, ""))
             return
         pool.put_nowait(connection)
-        version = json.loads(payload).get("model_version", "") if status == 200 else ""
-        samples.append(Sample(scheduled - t0, time.time() - scheduled, status, version))
+        answer = json.loads(payload) if status == 200 else {}
+        kept = None
+        if status == 200 and index % CHECKED_EVERY == 0:
+            kept = [(item["item_id"], item["score"]) for item in answer["items"]]
+        samples.append(
+            Sample(
+                scheduled - t0,
+                time.time() - scheduled,
+                status,
+                answer.get("model_version", ""),
+                answer.get("model_sha256", ""),
+                index,
+                kept,
+            )
+        )
 
     tasks = []
     for index in range(count):
@@ -223,8 +252,8 @@ class Event:
 @dataclass
 class Soak:
     events: list[Event] = field(default_factory=list)
-    # (sent, acknowledged, version): the swap happens between the two
-    acknowledged: list[tuple[float, float, str]] = field(default_factory=list)
+    # (sent, acknowledged, version, weights sha256): the swap happens between the two
+    acknowledged: list[tuple[float, float, str, str]] = field(default_factory=list)
     rss: list[tuple[float, int, float]] = field(default_factory=list)  # (when, pid, MB)
     load: list[tuple[float, float]] = field(default_factory=list)  # (when, 1-min load average)
 
@@ -247,12 +276,102 @@ def corrupt_copy(source: Path, target: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
-def worker_metrics(base: str, expected: int, attempts: int = 60) -> dict[int, dict[str, float]]:
+def retrain_in_place(run_dir: Path) -> None:
+    """New weights in `run_dir` under the same name, written by the project's own
+    `save_checkpoint` as a retrain into an existing `--out` would: the model's decoder output
+    layer scaled and shifted (a different model, the same catalog)."""
+    from tanp.checkpoint import build_model, save_checkpoint
+
+    loaded = build_model(run_dir, "cpu")
+    model = loaded.model
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.startswith("decoder."):
+                parameter.mul_(1.25).add_(0.01)
+    manifest = loaded.manifest
+    save_checkpoint(
+        run_dir,
+        model=model,
+        items=loaded.items,
+        item_names=loaded.item_names,
+        item_urls=loaded.item_urls,
+        version=run_dir.name,
+        train_config=manifest.get("train_config"),
+        data=manifest.get("data"),
+        metrics=manifest.get("metrics"),
+    )
+
+
+def flood(*, port: int, items: list[str], stop: Any, run: str, counts: dict[str, int]) -> None:
+    """Distinct maximal requests (3,700 excluded items, 3,800 candidates, each request a new
+    support set) at FLOOD_RATE a second until `stop` is set: what once grew the answer memo
+    without bound. Counts statuses in `counts`."""
+    generator = random.Random(7)
+    index = 0
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        while not stop.is_set():
+            started = time.monotonic()
+            index += 1
+            chosen = generator.sample(items, 5)
+            others = [item for item in items if item not in chosen]
+            body = {
+                "support": [{"item_id": item, "rating": 1} for item in chosen],
+                "k": 100,
+                "exclude": generator.sample(others, min(3700, len(others) - 120)),
+                "candidates": generator.sample(others, min(3800, len(others))),
+            }
+            try:
+                response = client.post(
+                    "/v1/recommend",
+                    content=json.dumps(body, separators=(",", ":")),
+                    headers={"X-Request-ID": f"{run}f-{index}", "Content-Type": "application/json"},
+                )
+                key = str(response.status_code)
+            except httpx.HTTPError:
+                key = "0"
+            counts[key] = counts.get(key, 0) + 1
+            stop.wait(max(0.0, 1.0 / FLOOD_RATE - (time.monotonic() - started)))
+
+
+def hybrid_count(
+    samples: list[Sample], *, items: list[str], weights: dict[str, Path]
+) -> tuple[int, int]:
+    """(answers re-scored here, hybrids among them): each kept answer re-scored with the
+    weights its sha names; a score off by more than HYBRID_TOLERANCE is a hybrid (another
+    model's task state decoded by these weights)."""
+    from app.serving.model import ServingModel
+
+    models: dict[str, ServingModel] = {}
+    checked = hybrids = 0
+    for sample in samples:
+        if sample.items is None or sample.sha not in weights:
+            continue
+        if sample.sha not in models:
+            models[sample.sha] = ServingModel.load(weights[sample.sha], device="cpu")
+        model = models[sample.sha]
+        asked = support(items, sample.index)
+        state = model.scorer.encode_one(
+            [model.index_of[item["item_id"]] for item in asked],
+            [float(item["rating"]) for item in asked],
+        )
+        scores = model.scorer.scores(state)[0].tolist()
+        checked += 1
+        if any(
+            abs(score - scores[model.index_of[item]]) > HYBRID_TOLERANCE
+            for item, score in sample.items
+        ):
+            hybrids += 1
+    return checked, hybrids
+
+
+def worker_metrics(
+    base: str, expected: int, auth: dict[str, str], attempts: int = 60
+) -> dict[int, dict[str, float]]:
     """Each worker's request-log counters: /health then /metrics on one keep-alive connection
     (so one worker answers both), until every worker was seen."""
     found: dict[int, dict[str, float]] = {}
     for _ in range(attempts):
-        with httpx.Client(base_url=base, timeout=10) as client:
+        with httpx.Client(base_url=base, timeout=10, headers=auth) as client:
             pid = int(client.get("/health").json()["pid"])
             text = client.get("/metrics").text
         found[pid] = {name: float(value) for name, value in METRIC.findall(text)}
@@ -262,6 +381,8 @@ def worker_metrics(base: str, expected: int, attempts: int = 60) -> dict[int, di
 
 
 def logged_rows(database: str, run: str) -> int:
+    """Request-log rows whose request id starts with `run` + "-" (the load's; the flood's
+    start with `run` + "f-")."""
     with psycopg.connect(POSTGRES_ADMIN.replace("dbname=postgres", f"dbname={database}")) as db:
         row = db.execute(
             "SELECT count(*) FROM request_log WHERE request_id LIKE %s", (f"{run}-%",)
@@ -296,6 +417,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(source, models / name)
     os.utime(models / "v1" / "manifest.json", (time.time() - 100, time.time() - 100))
     items: list[str] = json.loads((models / "v1" / "manifest.json").read_text())["items"]
+    # every weights file any answer may name, kept aside for the hybrid check
+    weights: dict[str, Path] = {}
+
+    def keep_weights(name: str) -> None:
+        sha = json.loads((models / name / "manifest.json").read_text())["weights_sha256"]
+        shutil.copytree(models / name, workdir / "weights" / sha, dirs_exist_ok=True)
+        weights[sha] = workdir / "weights" / sha
+
+    keep_weights("v1")
+    keep_weights("v2")
     run = f"soak-{uuid.uuid4().hex[:8]}"
     database = f"tanp_{run.replace('-', '_')}"
     token = uuid.uuid4().hex
@@ -313,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         BROADCAST_PREFIX=f"{run}:",
         ADMIN_TOKEN=token,
         REQUEST_LOG_SPOOL_DIR=str(workdir / "spool"),
+        RELOAD_CONFIRM_SECONDS="10",
         DEVICE="cpu",
         LOG_LEVEL="INFO",
         OMP_NUM_THREADS="1",
@@ -346,6 +478,22 @@ def main(argv: list[str] | None = None) -> int:
                 t0=t0,
             )
             admin = httpx.Client(base_url=server.url, headers=auth, timeout=60)
+            flood_stop = threading.Event()
+            flood_counts: dict[str, int] = {}
+            flooder = threading.Thread(
+                target=flood,
+                kwargs={
+                    "port": port,
+                    "items": items,
+                    "stop": flood_stop,
+                    "run": run,
+                    "counts": flood_counts,
+                },
+                daemon=True,
+            )
+            while time.time() < t0:
+                time.sleep(0.05)
+            flooder.start()
 
             def reload(version: str, label: str) -> int:
                 sent = time.time() - t0
@@ -353,8 +501,14 @@ def main(argv: list[str] | None = None) -> int:
                 at = time.time() - t0
                 soak.events.append(Event(at, label, response.status_code, response.text[:300]))
                 if response.status_code == 200:
-                    soak.acknowledged.append((sent, at, version))
+                    soak.acknowledged.append((sent, at, version, response.json()["sha256"]))
                 return response.status_code
+
+            def retrain_and_reload() -> None:
+                retrain_in_place(models / "v1")
+                keep_weights("v1")
+                soak.events.append(Event(time.time() - t0, "v1 retrained in its own folder"))
+                reload("v1", "reload v1 (retrained, same name)")
 
             def fault(label: str, action: Any) -> None:
                 action()
@@ -385,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
                     ),
                 ),
                 (0.80, lambda: reload("v1", "reload v1")),
+                (0.85, retrain_and_reload),
                 (0.90, lambda: reload("v2", "reload v2")),
             ]
             for fraction, action in schedule:
@@ -396,6 +551,8 @@ def main(argv: list[str] | None = None) -> int:
                 sample_machine(soak, pids={server.process.pid, *worker_pids}, t0=t0)
                 time.sleep(2.0)
             samples = [Sample(**sample) for sample in future.result()]
+            flood_stop.set()
+            flooder.join(60)
             admin.close()
 
         # --- the reckoning -----------------------------------------------------------------
@@ -413,25 +570,23 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(1.0)
         drain_seconds = time.monotonic() - drained_at
-        counters = worker_metrics(server.url, expected=len(worker_pids))
-        health = httpx.get(f"{server.url}/health", timeout=10).json()
+        counters = worker_metrics(server.url, expected=len(worker_pids), auth=auth)
+        health = httpx.get(f"{server.url}/health", headers=auth, timeout=10).json()
         final_versions = {int(worker["pid"]): worker["version"] for worker in health["workers"]}
         expected_version = soak.acknowledged[-1][2] if soak.acknowledged else None
+        checked, hybrids = hybrid_count(ok, items=items, weights=weights)
 
-        # An acknowledged reload is in force from its answer (+ propagation) to the next one.
+        # An acknowledged reload is in force from its answer to the next one: the 200 waits
+        # (RELOAD_CONFIRM_SECONDS) until every worker serves the new weights.
         reverted = 0
         in_force = 0
         windows = []
-        for index, (_, at, version) in enumerate(soak.acknowledged):
-            # Judged: requests sent once the reload had propagated and answered before the
-            # next reload was sent, so their model was chosen inside this reload's reign.
+        for index, (_, at, version, sha) in enumerate(soak.acknowledged):
+            # Judged: requests sent after the 200 and answered before the next reload was
+            # sent, so their model was chosen inside this reload's reign.
             until = soak.acknowledged[index + 1][0] if index + 1 < len(soak.acknowledged) else 1e18
-            window = [
-                s
-                for s in ok
-                if at + PROPAGATION_SECONDS <= s.scheduled and s.scheduled + s.latency < until
-            ]
-            wrong = [s for s in window if s.version != version]
+            window = [s for s in ok if at <= s.scheduled and s.scheduled + s.latency < until]
+            wrong = [s for s in window if (s.version, s.sha) != (version, sha)]
             reverted += len(wrong)
             in_force += not wrong
             windows.append(
@@ -443,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                     "wrong_between": [round(wrong[0].scheduled, 1), round(wrong[-1].scheduled, 1)]
                     if wrong
                     else None,
-                    "wrong_versions": sorted({s.version for s in wrong}),
+                    "wrong_versions": sorted({f"{s.version}@{s.sha[:12]}" for s in wrong}),
                 }
             )
         minutes = []
@@ -455,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
                 for when, pid, megabytes in soak.rss
                 if minute * 60 <= when < (minute + 1) * 60 and pid in worker_pids
             ]
+            each = {
+                pid: round(megabytes)
+                for when, pid, megabytes in soak.rss
+                if minute * 60 <= when < (minute + 1) * 60 and pid in worker_pids
+            }  # the last sample of the minute, per worker
             loads = [value for when, value in soak.load if minute * 60 <= when < (minute + 1) * 60]
             minutes.append(
                 {
@@ -466,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
                     "p50_ms": p50,
                     "p99_ms": p99,
                     "worker_rss_mb_max": max(rss) if rss else float("nan"),
+                    "worker_rss_mb_each": [each[pid] for pid in sorted(each)],
                 }
             )
 
@@ -515,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
             "acknowledged_reloads": len(soak.acknowledged),
             "acknowledged_reloads_in_force": in_force,
             "answers_from_a_reverted_version": reverted,
+            "answers_rescored": checked,
+            "hybrids": hybrids,
+            "flood": flood_counts,
             "reload_windows": windows,
             "expected_final_version": expected_version,
             "final_worker_versions": final_versions,
@@ -548,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         result["lost"] == 0
         and result["5xx"] == 0
         and result["answers_from_a_reverted_version"] == 0
+        and result["hybrids"] == 0
+        and set(result["flood"]) <= {"200"}
         and result["logged_rows"] + result["dropped_rows"] >= result["statuses"].get("200", 0)
         and not result["kill9"]["orphans"]
         and result["kill9"]["versions_after_restart"] == [result["expected_final_version"]]
@@ -564,23 +730,29 @@ def report(result: dict[str, Any]) -> str:
         f"{result['duration_s']:.0f} s from a separate process",
         "",
         "| sent | answered | lost | 5xx | statuses | request-log rows | dropped rows "
-        "| failed log writes | acknowledged reloads in force | answers from a reverted version |",
-        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| failed log writes | acknowledged reloads in force | answers from other weights "
+        "| hybrids (of re-scored) |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         f"| {result['sent']} | {result['answered']} | {result['lost']} | {result['5xx']} "
         f"| {json.dumps(result['statuses'])} | {result['logged_rows']} "
         f"| {result['dropped_rows']:.0f} | {result['failed_log_writes']:.0f} "
         f"| {result['acknowledged_reloads_in_force']} of {result['acknowledged_reloads']} "
-        f"| {result['answers_from_a_reverted_version']} |",
+        f"| {result['answers_from_a_reverted_version']} "
+        f"| {result['hybrids']} of {result['answers_rescored']} |",
         "",
-        "| minute | sent | answered | 5xx | p50 ms | p99 ms | worker RSS max MB "
+        f"memo flood (distinct maximal requests, {FLOOD_RATE:.0f}/s, not in the figures above): "
+        f"statuses {json.dumps(result['flood'])}",
+        "",
+        "| minute | sent | answered | 5xx | p50 ms | p99 ms | worker RSS MB (each, end of minute) "
         "| machine load average max |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for minute in result["minutes"]:
         lines.append(
             f"| {minute['minute']} | {minute['sent']} | {minute['answered']} | {minute['5xx']} "
             f"| {minute['p50_ms']:.1f} | {minute['p99_ms']:.1f} "
-            f"| {minute['worker_rss_mb_max']:.0f} | {minute['load_average_max']:.1f} |"
+            f"| {', '.join(str(mb) for mb in minute['worker_rss_mb_each'])} "
+            f"| {minute['load_average_max']:.1f} |"
         )
     lines += ["", "| t (s) | event | answer |", "|---:|---|---|"]
     for event in result["events"]:

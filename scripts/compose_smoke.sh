@@ -99,8 +99,10 @@ done
 say "metrics: $(grep -c '^tanp_' <<<"$metrics") tanp_* samples"
 
 # --- what the README's sizing rests on -----------------------------------------------------------
-key=$(docker compose exec -T redis redis-cli --scan --pattern "tanp:$V2:*" | head -n 1)
+key=$(docker compose exec -T redis redis-cli --scan --pattern "tanp:state:*" | head -n 1)
 [ -n "$key" ] || fail "no cached task state in Redis"
+noauth=$(docker compose exec -T -e REDISCLI_AUTH= redis redis-cli ping 2>&1 | tr -d '\r')
+grep -q NOAUTH <<<"$noauth" || fail "redis answered without its password: $noauth"
 entry=$(docker compose exec -T redis redis-cli memory usage "$key" | tr -d '\r')
 policy=$(docker compose exec -T redis redis-cli config get maxmemory-policy | tail -n 1 | tr -d '\r')
 maxmemory=$(docker compose exec -T redis redis-cli config get maxmemory | tail -n 1 | tr -d '\r')

@@ -18,6 +18,7 @@ searches the PIP_FIND_LINKS folders (a machine whose CPU torch wheel lies in a l
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -63,6 +64,20 @@ def entries(lock: str) -> dict[str, str]:
 
 def without_hashes(entry: str) -> str:
     return entry.splitlines()[0].removesuffix(" \\").strip() + "\n"
+
+
+def local_wheel_hash(entry: str) -> str:
+    """The CPU torch entry with the sha256 of its wheel file in a PIP_FIND_LINKS folder (the
+    wheel the images are built from here: cp311, x86_64); the entry unhashed, with a warning,
+    when no such file is found."""
+    pin = without_hashes(entry).strip()
+    version = pin.split("==", 1)[1]
+    for folder in os.environ.get("PIP_FIND_LINKS", "").split():
+        for wheel in sorted(Path(folder).glob(f"torch-{version}-cp311-cp311-*x86_64.whl")):
+            digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+            return f"{pin} \\\n    --hash=sha256:{digest}\n"
+    print(f"warning: no local wheel for {pin} in PIP_FIND_LINKS: torch-cpu.txt has no hash")
+    return pin + "\n"
 
 
 def write(name: str, *, purpose: str, body: list[str], options: str = "") -> None:
@@ -115,9 +130,9 @@ def main() -> int:
         layers[extra] = {name: text for name, text in rest.items() if name not in core}
     write(
         "torch-cpu.txt",
-        purpose="Layer 1 of the CPU images: torch's CPU build. "
-        "No hash: the index and version are pinned.",
-        body=[without_hashes(stacks["cpu"]["torch"])],
+        purpose="Layer 1 of the CPU images: torch's CPU build, index and version pinned; "
+        "the hash is the local cp311 x86_64 wheel's (PIP_FIND_LINKS), so other platforms fail it.",
+        body=[local_wheel_hash(stacks["cpu"]["torch"])],
         options=f"--index-url {TORCH_CPU_INDEX}\n",
     )
     write(

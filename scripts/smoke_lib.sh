@@ -28,7 +28,7 @@ smoke_scratch() {
     | tar --null --files-from - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$WORK"
   export COMPOSE_PROJECT_NAME="$1$$"
   export COMPOSE_PROGRESS=plain
-  unset ADMIN_TOKEN POSTGRES_PASSWORD TRAIN_ARGS TRAIN_RUN_NAME API_PORT
+  unset ADMIN_TOKEN POSTGRES_PASSWORD REDIS_PASSWORD TRAIN_ARGS TRAIN_RUN_NAME API_PORT
   PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   BASE=http://127.0.0.1:$PORT
   TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
@@ -56,7 +56,7 @@ smoke_env_file() {
 import re, secrets, sys
 token, data, port, train_args = sys.argv[1:]
 values = {"ADMIN_TOKEN": token, "POSTGRES_PASSWORD": secrets.token_hex(24),
-          "TANP_DATA_HOST_DIR": data, "API_PORT": port, "TRAIN_ARGS": train_args}
+          "REDIS_PASSWORD": secrets.token_hex(24), "TANP_DATA_HOST_DIR": data, "API_PORT": port, "TRAIN_ARGS": train_args}
 text = open(".env").read()
 for name, value in values.items():
     text, count = re.subn(rf"^{name}=.*$", f"{name}={value}", text, flags=re.M)

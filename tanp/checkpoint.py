@@ -196,6 +196,10 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no manifest (is this a run directory?)") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path}: unreadable manifest: {error}") from error
+    except ValueError as error:  # an integer of more digits than Python converts
+        raise CheckpointError(f"{path}: unreadable manifest: {error}") from error
+    except RecursionError as error:
+        raise CheckpointError(f"{path}: unreadable manifest: nested too deep") from error
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{path}: manifest is not a JSON object")
     version = manifest.get("format_version")
@@ -255,8 +259,10 @@ def build_model(run_dir: Path | str, device: str | torch.device = "cpu") -> Load
     try:
         scorer = Scorer(model)
         difference = check_probe(scorer, probe)
-    except (RuntimeError, IndexError, ValueError) as error:
-        raise CheckpointError(f"{run_dir}: the model fails its probe: {error}") from error
+    except Exception as error:  # whatever the model raises on its own probe is a refusal
+        raise CheckpointError(
+            f"{run_dir}: the model fails its probe: {type(error).__name__}: {error}"
+        ) from error
     if not math.isfinite(difference) or difference > PROBE_TOLERANCE:
         raise CheckpointError(
             f"{run_dir}: probe scores differ by {difference:.3g} from the manifest's "
@@ -281,7 +287,10 @@ def _verified_weights(
     where = weights_path.parent / MANIFEST_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path}: weights file missing")
-    digest = sha256_hex(weights_path)
+    try:
+        digest = sha256_hex(weights_path)
+    except OSError as error:  # e.g. mode 0600 from a trainer running as another user
+        raise CheckpointError(f"{weights_path}: weights file unreadable: {error}") from error
     if digest != sha256:
         raise CheckpointError(
             f"{weights_path}: sha256 {digest[:12]}... does not match the manifest's "

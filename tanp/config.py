@@ -6,12 +6,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 DecoderKind = Literal["film", "gating_film", "none"]
 UserInput = Literal["none", "unknown"]
 Aggregator = Literal["mean", "attention"]
+LatentAggregation = Literal["mean", "bayesian"]
 
 # Fields of older manifests: renamed ones (old -> new name), and retired options with the one
 # value that changed nothing (what a model trained before their removal holds).
@@ -40,6 +42,9 @@ class TaNPConfig:
     `taste_head`: the score gains (W z) . x_i, z read against the target's own features.
     `shortlist`: a bilinear first pass over the catalog (tanp.shortlist), fitted after training,
     so a big catalog's cold request decodes only its top items.
+    `latent_aggregation="bayesian"`: every point gives Gaussian evidence about z, combined with
+    a N(0, I) prior by precision, so q(z) narrows as points are added (the reference's `mean`
+    averages point encodings, whose spread need not shrink).
     `latent_encoder_dim` is the width of the latent path's aggregated summary of the points,
     `latent_hidden_dim` the hidden layer that turns it into z's mean and log-variance.
     """
@@ -67,6 +72,7 @@ class TaNPConfig:
     dropout_rate: float = 0.0
     decoder: DecoderKind = "film"
     aggregator: Aggregator = "mean"
+    latent_aggregation: LatentAggregation = "mean"
     film_gamma_offset: float = 0.0
     neighbours: int = 0
     affinity_scale: float = 1.0
@@ -88,6 +94,8 @@ class TaNPConfig:
             raise ValueError(f"unknown decoder {self.decoder!r}")
         if self.aggregator not in ("mean", "attention"):
             raise ValueError(f"unknown aggregator {self.aggregator!r}")
+        if self.latent_aggregation not in ("mean", "bayesian"):
+            raise ValueError(f"unknown latent_aggregation {self.latent_aggregation!r}")
         if self.x_dim < 1:
             raise ValueError("a point needs an input: item_id_input, item_feature_dim or users")
         if not 0.0 <= self.affinity_dropout < 1.0:
@@ -128,4 +136,51 @@ class TaNPConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model_config fields: {', '.join(unknown)}")
+        for field in dataclasses.fields(cls):
+            if field.name in values:
+                _check_type(field.name, field.type, values[field.name])
         return cls(**values)
+
+
+_LITERALS: dict[str, object] = {
+    "DecoderKind": DecoderKind,
+    "UserInput": UserInput,
+    "Aggregator": Aggregator,
+}
+# Bounds of a model_config number: far above any real model, far below what would make
+# building it (or printing it) hang.
+MAX_CONFIG_INT = 10**9
+MAX_CONFIG_FLOAT = 1e12
+
+
+def _check_type(name: str, annotation: object, value: object) -> None:
+    """`value` fits the field's annotation (a string, annotation, as `from __future__`
+    leaves it): int fields take ints within +-MAX_CONFIG_INT, float fields ints or finite
+    floats within +-MAX_CONFIG_FLOAT, bool fields bools, Literal fields one of their strings.
+    ValueError naming the field otherwise (never a TypeError deep inside the model)."""
+    kind = str(annotation)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"model_config {name!r} must be true or false, not {value!r:.40}")
+    elif kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"model_config {name!r} must be an integer, not {_shown(value)}")
+        if abs(value) > MAX_CONFIG_INT:
+            raise ValueError(f"model_config {name!r} is out of range")
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"model_config {name!r} must be a number, not {_shown(value)}")
+        if isinstance(value, int) and abs(value) > MAX_CONFIG_INT:
+            raise ValueError(f"model_config {name!r} is out of range")
+        if not math.isfinite(value) or abs(value) > MAX_CONFIG_FLOAT:
+            raise ValueError(f"model_config {name!r} must be a finite number within range")
+    elif not isinstance(value, str):
+        raise ValueError(f"model_config {name!r} must be a string, not {_shown(value)}")
+    elif kind in _LITERALS and value not in get_args(_LITERALS[kind]):
+        raise ValueError(f"model_config {name!r} must be one of {get_args(_LITERALS[kind])}")
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its type, and the value itself when short."""
+    text = repr(value) if isinstance(value, str | int | float) and len(repr(value)) < 40 else ""
+    return f"{type(value).__name__} {text}".strip()

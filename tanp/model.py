@@ -21,6 +21,7 @@ from tanp.decoder import ModulatedDecoder
 from tanp.shortlist import ShortlistHead
 
 __all__ = [
+    "BayesianAggregator",
     "Gaussian",
     "IdEmbedding",
     "LatentHead",
@@ -150,6 +151,23 @@ class PointEncoder(nn.Module):
         return (encoded * weights).sum(1)
 
 
+class BayesianAggregator(nn.Module):
+    """q(z | points) by Bayesian context aggregation (Volpp et al., ICLR 2021): each (x_i, y_i)
+    gives a mean r_i and a precision p_i >= 0 per dimension, combined with a N(0, I) prior:
+    precision 1 + sum p_i, mean sum p_i r_i / (1 + sum p_i). More points, narrower q(z)."""
+
+    def __init__(self, *, x_dim: int, hidden: list[int], z_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.pairs = _mlp([x_dim + 1, *hidden, 2 * z_dim], dropout)
+
+    def forward(self, x: Tensor, y: Tensor, mask: Tensor) -> Gaussian:
+        """x (B, N, X), y (B, N), mask (B, N) -> q(z) with mu, logvar (B, Z)."""
+        mean, raw = self.pairs(torch.cat([x, y.unsqueeze(-1)], dim=-1)).chunk(2, dim=-1)
+        precision = F.softplus(raw) * mask.unsqueeze(-1).to(raw.dtype)
+        total = 1.0 + precision.sum(1)
+        return Gaussian((precision * mean).sum(1) / total, -torch.log(total))
+
+
 class LatentHead(nn.Module):
     """h -> (mu, log-variance) of z, as the reference's MuSigmaEncoder."""
 
@@ -216,16 +234,27 @@ class TaNP(nn.Module):
             if config.user_input == "unknown"
             else None
         )
-        self.latent_encoder = PointEncoder(
-            x_dim=config.x_dim,
-            hidden=[config.enc_h1_dim, config.enc_h2_dim],
-            out_dim=config.latent_encoder_dim,
-            dropout=config.dropout_rate,
-            aggregator=config.aggregator,
-        )
-        self.latent_head = LatentHead(
-            config.latent_encoder_dim, hidden_dim=config.latent_hidden_dim, z_dim=config.z_dim
-        )
+        self.latent_encoder: PointEncoder | None = None
+        self.latent_head: LatentHead | None = None
+        self.bayesian_latent: BayesianAggregator | None = None
+        if config.latent_aggregation == "bayesian":
+            self.bayesian_latent = BayesianAggregator(
+                x_dim=config.x_dim,
+                hidden=[config.enc_h1_dim, config.enc_h2_dim],
+                z_dim=config.z_dim,
+                dropout=config.dropout_rate,
+            )
+        else:
+            self.latent_encoder = PointEncoder(
+                x_dim=config.x_dim,
+                hidden=[config.enc_h1_dim, config.enc_h2_dim],
+                out_dim=config.latent_encoder_dim,
+                dropout=config.dropout_rate,
+                aggregator=config.aggregator,
+            )
+            self.latent_head = LatentHead(
+                config.latent_encoder_dim, hidden_dim=config.latent_hidden_dim, z_dim=config.z_dim
+            )
         self.task_encoder = PointEncoder(
             x_dim=config.x_dim,
             hidden=[config.taskenc_h1_dim, config.taskenc_h2_dim],
@@ -272,6 +301,9 @@ class TaNP(nn.Module):
 
     def latent(self, x: Tensor, labels: Tensor, mask: Tensor) -> Gaussian:
         """q(z | points): the latent path alone (prior over the support, posterior over all)."""
+        if self.bayesian_latent is not None:
+            return self.bayesian_latent(x, labels, mask)
+        assert self.latent_encoder is not None and self.latent_head is not None
         return self.latent_head(self.latent_encoder(x, labels, mask))
 
     def target_affinity(self, state: TaskState, targets: Tensor | None) -> Tensor | None:

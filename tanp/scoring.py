@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -98,31 +99,45 @@ class Scorer:
         return self.model.shortlist is not None and 0 < count < self.config.num_items
 
     @torch.inference_mode()
-    def shortlist_scores(
-        self, state: TaskState, *, count: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """One task (B = 1): the shortlist head's `count` best items over the whole catalog
-        (less `exclude`), then the decoder's scores of those: (items (C,), scores (C,)).
-        Needs a fitted shortlist head (`can_shortlist`)."""
+    def first_pass(
+        self, state: TaskState, *, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """One task (B = 1): the shortlist head's score of every catalog item (N,), -inf for
+        `exclude` (and for NaN), and the catalog's neighbour affinity (1, N, 3) it used (None
+        without neighbours). Needs a shortlist head (`can_shortlist`)."""
         head = self.model.shortlist
         if head is None:
             raise ValueError("this model has no shortlist head")
-        affinity = self.model.target_affinity(state, None)  # (1, N, 3) or None
-        user = head.user_side(state.prior.mu, state.task)
-        first = head(user, self.item_x, affinity)[0]  # (N,)
+        user = head.user_side(state.prior.mu, state.task)[0]  # (X + 3,)
+        first = self.item_x @ user[: head.x_dim]  # (N,)
+        affinity = self.model.target_affinity(state, None)
+        if affinity is not None:
+            first += affinity[0] @ user[head.x_dim :]
         if exclude is not None and exclude.numel():
             first[exclude.to(self.device)] = -torch.inf
-        # NaN first-pass scores sort last here; the decoder's scores are checked by the caller
-        first = first.nan_to_num(nan=-torch.inf)
-        chosen = first.topk(min(count, first.shape[0])).indices  # (C,)
-        scores = self.model.decode(
-            x=self.item_x[chosen].unsqueeze(0),
-            item_part=self.item_part[chosen].unsqueeze(0),
+        # NaN first-pass scores sort last; the decoder's scores are checked by the caller
+        return first.nan_to_num(nan=-torch.inf), affinity
+
+    @torch.inference_mode()
+    def decode_shortlist(self, state: TaskState, items: Tensor, affinity: Tensor | None) -> Tensor:
+        """The decoder's scores (C,) of one task's shortlisted `items` (C,), given the catalog
+        affinity `first_pass` returned."""
+        return self.model.decode(
+            x=self.item_x[items].unsqueeze(0),
+            item_part=self.item_part[items].unsqueeze(0),
             z=state.prior.mu,
             state=state,
-            affinity=None if affinity is None else affinity[:, chosen],
+            affinity=None if affinity is None else affinity[:, items],
         )[0]
-        return chosen, scores
+
+    def shortlist_scores(
+        self, state: TaskState, *, count: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """One task (B = 1): the first pass's `count` best items over the whole catalog (less
+        `exclude`), then the decoder's scores of those: (items (C,), scores (C,))."""
+        first, affinity = self.first_pass(state, exclude=exclude)
+        chosen = first.topk(min(count, first.shape[0])).indices  # (C,)
+        return chosen, self.decode_shortlist(state, chosen, affinity)
 
     @torch.inference_mode()
     def candidates(self, state: TaskState, *, count: int) -> Tensor:
@@ -264,8 +279,40 @@ def pack_state(state: TaskState) -> bytes:
     return header + body
 
 
-def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskState:
-    """Inverse of `pack_state`; raises ValueError on any malformed payload."""
+@dataclass(frozen=True, slots=True)
+class StateShape:
+    """What a task state of one model holds: z, task vector and cluster widths, the catalog
+    size its support indices must fall in, and the label range of its support labels."""
+
+    z_dim: int
+    task_dim: int
+    clusters: int
+    num_items: int
+    label_min: float
+    label_max: float
+
+
+def state_shape(scorer: Scorer) -> StateShape:
+    """The shape of `scorer`'s task states, read from one encoded support set (so it follows
+    the model, not a copy of its arithmetic)."""
+    config = scorer.config
+    probe = scorer.encode_one([0], [config.label_max])
+    return StateShape(
+        z_dim=int(probe.prior.mu.shape[-1]),
+        task_dim=int(probe.task.shape[-1]),
+        clusters=int(probe.assignment.shape[-1]),
+        num_items=config.num_items,
+        label_min=config.label_min,
+        label_max=config.label_max,
+    )
+
+
+def unpack_state(
+    payload: bytes, *, device: torch.device | str = "cpu", shape: StateShape | None = None
+) -> TaskState:
+    """Inverse of `pack_state`; raises ValueError on any malformed payload, and, given the
+    model's `shape`, on a state that does not fit it (other widths, non-finite values,
+    support indices outside the catalog, labels outside the label range)."""
     if len(payload) < _STATE_HEADER.size:
         raise ValueError("task state payload too short")
     magic, version, z_dim, task_dim, clusters, support = _STATE_HEADER.unpack_from(payload)
@@ -281,6 +328,10 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
     items = np.frombuffer(payload, dtype="<i4", count=support, offset=offset).astype(np.int64)
     offset += 4 * support
     labels = np.frombuffer(payload, dtype="<f4", count=support, offset=offset).astype(np.float32)
+    if shape is not None:
+        _check_fits(
+            shape, widths=(z_dim, task_dim, clusters), values=values, items=items, labels=labels
+        )
     mu, logvar, task, assignment = torch.split(
         torch.from_numpy(values).to(device), [z_dim, z_dim, task_dim, clusters]
     )
@@ -293,3 +344,22 @@ def unpack_state(payload: bytes, *, device: torch.device | str = "cpu") -> TaskS
         torch.from_numpy(labels).to(device).unsqueeze(0),
         torch.ones_like(item_tensor, dtype=torch.bool),
     )
+
+
+def _check_fits(
+    shape: StateShape,
+    *,
+    widths: tuple[int, int, int],
+    values: np.ndarray,
+    items: np.ndarray,
+    labels: np.ndarray,
+) -> None:
+    expected = (shape.z_dim, shape.task_dim, shape.clusters)
+    if widths != expected:
+        raise ValueError(f"task state widths (z, task, clusters) {widths}, model has {expected}")
+    if not np.isfinite(values).all() or not np.isfinite(labels).all():
+        raise ValueError("task state holds non-finite values")
+    if items.size and (items.min() < 0 or items.max() >= shape.num_items):
+        raise ValueError(f"task state support indices outside [0, {shape.num_items})")
+    if labels.size and (labels.min() < shape.label_min or labels.max() > shape.label_max):
+        raise ValueError("task state support labels outside the model's label range")

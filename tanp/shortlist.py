@@ -8,6 +8,7 @@ the first pass's top C items. Fitted after training (`fit_shortlist`) on trainin
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -15,6 +16,9 @@ from torch.nn import functional as F
 
 from tanp.affinity import FEATURES as AFFINITY_FEATURES
 from tanp.config import TaNPConfig
+
+if TYPE_CHECKING:
+    from tanp.model import TaNP
 
 TEACHER_TOP = 64  # each episode's best items by the decoder, always among the distilled ones
 SAMPLED_ITEMS = 448  # plus this many uniform catalog items per episode
@@ -51,7 +55,7 @@ Episode = tuple[Tensor, Tensor, Tensor, Callable[..., Tensor]]
 
 
 def fit_shortlist(
-    model: nn.Module,
+    model: TaNP,
     episodes: Iterable[Episode],
     *,
     generator: torch.Generator,
@@ -65,13 +69,15 @@ def fit_shortlist(
     the target of the head's. `teacher(state)` -> (B, N) full-catalog scores under the item
     tables installed when the batch is read (the caller may swap tables between batches).
     Returns the last epoch's mean loss."""
-    head: ShortlistHead = model.shortlist  # type: ignore[assignment]
-    num_items = int(model.config.num_items)  # type: ignore[union-attr, arg-type]
+    head = model.shortlist
+    if head is None:
+        raise ValueError("this model has no shortlist head")
+    num_items = int(model.config.num_items)
     users, items_x, affinities, targets = [], [], [], []
     with torch.no_grad():
         for support_items, support_labels, support_mask, teacher in episodes:
-            state = model.encode(  # type: ignore[operator]
-                x=model.point_inputs(support_items),  # type: ignore[operator]
+            state = model.encode(
+                x=model.point_inputs(support_items),
                 labels=support_labels,
                 mask=support_mask,
                 items=support_items,
@@ -87,8 +93,8 @@ def fit_shortlist(
             drawn = torch.randint(0, num_items, (full.shape[0], SAMPLED_ITEMS), generator=generator)
             chosen = torch.cat([top, drawn], dim=1)
             users.append(torch.cat([state.prior.mu, state.task], dim=1))
-            items_x.append(model.point_inputs(chosen))  # type: ignore[operator]
-            affinity = model.target_affinity(state, chosen)  # type: ignore[operator]
+            items_x.append(model.point_inputs(chosen))
+            affinity = model.target_affinity(state, chosen)
             affinities.append(
                 torch.zeros(*chosen.shape, AFFINITY_FEATURES) if affinity is None else affinity
             )
@@ -97,7 +103,7 @@ def fit_shortlist(
     x_all, affinity_all, target_all = torch.cat(items_x), torch.cat(affinities), torch.cat(targets)
     optimizer = torch.optim.Adam(head.parameters(), lr=lr)
     loss_value = float("nan")
-    z_dim = int(model.config.z_dim)  # type: ignore[union-attr, arg-type]
+    z_dim = int(model.config.z_dim)
     for _ in range(epochs):
         order = torch.randperm(len(user_all), generator=generator)
         total, steps = 0.0, 0

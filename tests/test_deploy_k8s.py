@@ -322,3 +322,13 @@ def test_dev_datastores_are_reached_by_the_names_the_readme_uses() -> None:
         statefulset = find("overlays/dev", "StatefulSet", name)
         assert statefulset["spec"]["serviceName"] == name
         assert f"{name}:{port}" in readme
+
+
+def test_the_dev_redis_asks_for_the_password_of_its_secret() -> None:
+    """Issue 21 item 8: the dev Redis had no password."""
+    pod = find("overlays/dev", "StatefulSet", "redis")["spec"]["template"]["spec"]
+    (redis,) = pod["containers"]
+    assert redis["args"][redis["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    sources = {variable["name"]: variable["valueFrom"]["secretKeyRef"] for variable in redis["env"]}
+    assert sources["REDIS_PASSWORD"] == {"name": "tanp-redis", "key": "password"}
+    assert sources["REDISCLI_AUTH"] == sources["REDIS_PASSWORD"]  # the probes' redis-cli

@@ -43,7 +43,7 @@ TORCH_BUILDS = ("cpu", "cu13")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT_SCRIPTS = set(PYPROJECT["project"]["scripts"])
 OUR_IMAGE_SERVICES = ("api", "migrate", "train")
-SECRETS = ("ADMIN_TOKEN", "POSTGRES_PASSWORD")
+SECRETS = ("ADMIN_TOKEN", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 REQUIRED = r"\$\{%s:\?[^}]+\}"
 
@@ -149,7 +149,7 @@ def test_every_long_running_service_has_a_healthcheck() -> None:
 def test_postgres_and_redis_publish_no_ports() -> None:
     for name in ("postgres", "redis"):
         assert "ports" not in services()[name], f"{name} must stay on the compose network"
-    assert services()["api"]["ports"] == ["${API_PORT:-8000}:8000"]
+    assert services()["api"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
 
 
 def test_depends_on_waits_for_health_and_for_the_migration() -> None:
@@ -180,6 +180,13 @@ def test_secrets_come_from_the_environment_required_and_with_no_default() -> Non
         r"postgresql\+psycopg://tanp:%s@postgres:5432/tanp" % (REQUIRED % "POSTGRES_PASSWORD")
     )
     assert url.fullmatch(api["DATABASE_URL"]) and migrate["DATABASE_URL"] == api["DATABASE_URL"]
+    # issue 21 item 8: Redis asks for a password, the api's URL carries it, so does redis-cli
+    redis_url = re.compile(r"redis://default:%s@redis:6379/0" % (REQUIRED % "REDIS_PASSWORD"))
+    assert redis_url.fullmatch(api["REDIS_URL"])
+    redis_argv = as_argv(services()["redis"]["command"])
+    password = redis_argv[redis_argv.index("--requirepass") + 1]
+    assert re.fullmatch(REQUIRED % "REDIS_PASSWORD", password)
+    assert environment(services()["redis"])["REDISCLI_AUTH"] == password
 
 
 def test_no_literal_secret_in_the_compose_files() -> None:
@@ -211,7 +218,7 @@ def test_compose_config_refuses_to_start_without_the_secrets(tmp_path: Path) -> 
         refused = subprocess.run(command, env=base, capture_output=True, text=True, check=False)
         assert refused.returncode != 0
         assert all(f"required variable {name} is missing" in refused.stderr for name in SECRETS)
-        with_secrets = {**base, "ADMIN_TOKEN": "t", "POSTGRES_PASSWORD": "p"}
+        with_secrets = {**base, "ADMIN_TOKEN": "t", "POSTGRES_PASSWORD": "p", "REDIS_PASSWORD": "r"}
         accepted = subprocess.run(command, env=with_secrets, capture_output=True, text=True)
         assert accepted.returncode == 0, accepted.stderr
 
@@ -239,7 +246,11 @@ def test_every_settings_field_reaches_the_api_and_nothing_else_does() -> None:
     unknown = set(environment(services(GPU_OVERRIDE)["api"])) - known - toolkit
     assert not unknown, f"the GPU override sets unknown variables: {sorted(unknown)}"
     api = environment(services()["api"])
-    assert api["REDIS_URL"] == "redis://redis:6379/0"
+    assert api["REDIS_URL"].startswith("redis://default:") and api["REDIS_URL"].endswith(
+        "@redis:6379/0"
+    )
+    assert api["API_DOCS"] == "${API_DOCS:-false}"
+    assert services()["api"]["ports"] == ["${API_BIND:-127.0.0.1}:${API_PORT:-8000}:8000"]
     assert api["MODELS_DIR"] == "/models"
     assert "TANP_DATA_DIR" not in api  # the service never reads dataset files
     assert api["MIGRATE_ON_START"] == "false"
@@ -315,7 +326,8 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored(source: str) -> None:
 
 
 def lock(name: str) -> dict[str, str]:
-    """A lock file's pins, name -> version; every pin exact, hashed except torch's CPU build."""
+    """A lock file's pins, name -> version; every pin exact and hashed (torch's CPU build by
+    the local wheel's sha256, issue 21 item 10)."""
     pins: dict[str, str] = {}
     text = (LOCKS / name).read_text()
     for line in text.splitlines():
@@ -325,9 +337,9 @@ def lock(name: str) -> dict[str, str]:
         else:
             assert line.startswith(("#", "    --hash=sha256:", "--index-url ")), f"{name}: {line}"
     assert pins, f"{name} pins nothing"
-    if name != "torch-cpu.txt":
-        for entry in re.split(r"\n(?=[A-Za-z0-9])", text.split("\n", 2)[2]):
-            assert "--hash=sha256:" in entry, f"{name}: no hash for {entry.splitlines()[0]}"
+    body = text.split("\n", 2)[2].removeprefix("--index-url https://download.pytorch.org/whl/cpu\n")
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", body):
+        assert "--hash=sha256:" in entry, f"{name}: no hash for {entry.splitlines()[0]}"
     return pins
 
 

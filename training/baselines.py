@@ -1,12 +1,12 @@
 """Tuned simple baselines on the same episodes as TaNP (SPEC section 4): popularity, shrunk-cosine
-item-kNN and EASE, fitted on train users' positives, each with its one hyper-parameter chosen on
-validation users by the model's selection score (formulas: docs/training.md). Score matrices are
-(episodes, items); an item no method can score gets 0.
+item-kNN, EASE, the kNN + log-popularity blend and RP3beta, fitted on train users' positives, each
+with its settings chosen on validation users by the model's selection score (formulas:
+docs/training.md). Score matrices are (episodes, items); an item no method can score gets 0.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,14 @@ from training.item_stats import item_counts, positive_matrix
 SHRINK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 LAMBDA_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)
 EASE_MAX_ITEMS = 20000  # a dense (items, items) inverse: skipped above this many active items
+BLEND_SHRINK_GRID = (0.0, 10.0, 50.0, 100.0)
+BLEND_WEIGHT_GRID = (0.0, 0.01, 0.1, 0.3, 1.0, 3.0)
+RP3_ALPHA_GRID = (0.5, 0.75, 1.0, 1.25)
+RP3_BETA_GRID = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+Setting = Mapping[str, float]
+# (episodes, setting) -> (episodes, items) scores
+SettingScorer = Callable[[EpisodeSet, Setting], np.ndarray]
 
 
 def liked_matrix(episodes: EpisodeSet, *, items: int, threshold: float) -> sparse.csr_matrix:
@@ -37,6 +45,26 @@ def liked_matrix(episodes: EpisodeSet, *, items: int, threshold: float) -> spars
     )
     matrix.data[:] = 1.0
     return matrix
+
+
+@dataclass(frozen=True)
+class TuningPair:
+    """Validation episodes a setting is chosen on and the test episodes it is applied to;
+    `known_valid`: the episodes whose support items the validation catalog ranking leaves
+    out (the uncut episodes of a cut support, training.cold_start; default `valid`)."""
+
+    valid: EpisodeSet
+    test: EpisodeSet
+    known_valid: EpisodeSet | None = None
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """A baseline's name, the settings it is tuned over and its scorer."""
+
+    name: str
+    settings: tuple[Setting, ...]
+    scorer: SettingScorer
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,7 @@ class Baselines:
         self.matrix = positive_matrix(prepared)
         self.counts = item_counts(self.matrix)
         self.by_item = self.matrix.T.tocsr()
+        self._ease_memo: tuple[float, np.ndarray, np.ndarray] | None = None
 
     def _liked(self, episodes: EpisodeSet) -> sparse.csr_matrix:
         return liked_matrix(episodes, items=self.items, threshold=self.threshold)
@@ -83,7 +112,10 @@ class Baselines:
 
     def ease_weights(self, *, reg: float) -> tuple[np.ndarray, np.ndarray]:
         """(active items,) ids and the (active, active) EASE weights (Steck 2019):
-        B = I - P diag(1 / diag P), P = (X^T X + lambda I)^-1 over the items with positives."""
+        B = I - P diag(1 / diag P), P = (X^T X + lambda I)^-1 over the items with positives.
+        The last lambda's weights are kept: `tune` asks for one lambda many times in a row."""
+        if self._ease_memo is not None and self._ease_memo[0] == reg:
+            return self._ease_memo[1], self._ease_memo[2]
         active = np.flatnonzero(self.counts > 0)
         columns = self.matrix[:, active]
         gram = (columns.T @ columns).toarray().astype(np.float32)
@@ -91,69 +123,125 @@ class Baselines:
         inverse = np.linalg.inv(gram)
         weights = -inverse / np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
-        return active, weights.astype(np.float32)
+        self._ease_memo = (reg, active, weights.astype(np.float32))
+        return self._ease_memo[1], self._ease_memo[2]
 
     def ease(self, episodes: EpisodeSet, *, reg: float) -> np.ndarray:
         active, weights = self.ease_weights(reg=reg)
-        return self._ease_scores(episodes, active, weights)
-
-    def _ease_scores(
-        self, episodes: EpisodeSet, active: np.ndarray, weights: np.ndarray
-    ) -> np.ndarray:
         scores = np.zeros((len(episodes), self.items), dtype=np.float32)
         liked = self._liked(episodes)[:, active]
         scores[:, active] = np.asarray(liked @ weights, dtype=np.float32)
         return scores
 
+    def knn_pop(self, episodes: EpisodeSet, *, shrink: float, weight: float) -> np.ndarray:
+        """score_i = knn_i / max_j knn_j + weight * log(1 + n_i) / log(1 + max_j n_j): the
+        shrunk item-kNN score, scaled to at most 1 per user, blended with log popularity (which
+        also breaks kNN's ties when the support has few liked items)."""
+        knn = self.item_knn(episodes, shrink=shrink)
+        top = knn.max(axis=1, keepdims=True)
+        scaled = knn / np.where(top > 0, top, 1.0)
+        log_popularity = np.log1p(self.counts.astype(np.float64))
+        log_popularity /= max(float(log_popularity.max()), 1e-12)
+        return (scaled + weight * log_popularity[None, :]).astype(np.float32)
+
+    def rp3beta(self, episodes: EpisodeSet, *, alpha: float, beta: float) -> np.ndarray:
+        """RP3beta (Paudel et al. 2017): score_i = sum over the support positives j of
+        W(j, i) = n_j^-alpha n_i^-beta sum_u x_uj x_ui d_u^-alpha, the alpha-powered two-step
+        random walk j -> user -> i (d_u = the user's positives) with popular targets divided by
+        n_i^beta; no item is its own neighbour."""
+        liked = self._liked(episodes)
+        used = np.flatnonzero(np.asarray(liked.sum(axis=0)).ravel())
+        degree = np.maximum(np.asarray(self.matrix.sum(axis=1)).ravel(), 1.0)
+        walked = sparse.diags(degree**-alpha) @ self.matrix  # (users, items)
+        rows = (self.by_item[used] @ walked).tocoo()  # (used, items)
+        keep = used[rows.row] != rows.col
+        row, column, data = rows.row[keep], rows.col[keep], rows.data[keep]
+        counts = np.maximum(self.counts.astype(np.float64), 1.0)
+        weight = data / (counts[used[row]] ** alpha * counts[column] ** beta)
+        transition = sparse.csr_matrix((weight, (row, column)), shape=(used.size, self.items))
+        return np.asarray((liked[:, used] @ transition).todense(), dtype=np.float32)
+
     def tune(
         self,
         name: str,
-        grid: dict[str, tuple[float, ...]],
-        scorer: Callable[..., np.ndarray],
-    ) -> TunedBaseline:
-        """Try every setting on the validation episodes, keep the best, score the test ones."""
-        (parameter, values), *_ = grid.items()
-        valid, test = self.prepared.episodes["valid"], self.prepared.episodes["test"]
-        best_value, best_score = values[0], -np.inf
-        for value in values:
-            per_user = per_user_headline(
-                valid, scorer(valid, **{parameter: value}), threshold=self.threshold
+        settings: Sequence[Setting],
+        scorer: SettingScorer,
+        pairs: Sequence[TuningPair],
+    ) -> list[TunedBaseline]:
+        """One tuned baseline per pair: every setting scored on the pair's validation episodes,
+        the best by the selection score kept (the first in `settings` order on ties), and only
+        that one scored on the pair's test episodes. Settings run in the outer loop, so a
+        setting's precomputation (EASE's inverse) serves every pair."""
+        selection = np.full((len(settings), len(pairs)), -np.inf)
+        for index, setting in enumerate(settings):
+            for column, pair in enumerate(pairs):
+                per_user = per_user_headline(
+                    pair.valid,
+                    scorer(pair.valid, setting),
+                    threshold=self.threshold,
+                    known=pair.known_valid,
+                )
+                selection[index, column] = selection_score(per_user)
+        chosen = np.nan_to_num(selection, nan=-np.inf).argmax(axis=0)
+        tuned: dict[int, TunedBaseline] = {}
+        for index in sorted(set(chosen.tolist())):
+            for column in np.flatnonzero(chosen == index).tolist():
+                tuned[column] = TunedBaseline(
+                    name,
+                    dict(settings[index]),
+                    float(selection[index, column]),
+                    scorer(pairs[column].test, settings[index]),
+                )
+        return [tuned[column] for column in range(len(pairs))]
+
+    def specs(self) -> list[BaselineSpec]:
+        """Every baseline with its settings: popularity, item_knn, ease (up to EASE_MAX_ITEMS
+        active items), knn_pop and rp3beta."""
+        specs = [
+            BaselineSpec("popularity", ({},), lambda episodes, _: self.popularity(episodes)),
+            BaselineSpec(
+                "item_knn",
+                tuple({"shrink": shrink} for shrink in SHRINK_GRID),
+                lambda episodes, setting: self.item_knn(episodes, shrink=setting["shrink"]),
+            ),
+        ]
+        if int((self.counts > 0).sum()) <= EASE_MAX_ITEMS:
+            specs.append(
+                BaselineSpec(
+                    "ease",
+                    tuple({"lambda": reg} for reg in LAMBDA_GRID),
+                    lambda episodes, setting: self.ease(episodes, reg=setting["lambda"]),
+                )
             )
-            score = selection_score(per_user)
-            if score > best_score:
-                best_value, best_score = value, score
-        return TunedBaseline(
-            name, {parameter: best_value}, best_score, scorer(test, **{parameter: best_value})
-        )
+        specs += [
+            BaselineSpec(
+                "knn_pop",
+                tuple(
+                    {"shrink": shrink, "weight": weight}
+                    for shrink in BLEND_SHRINK_GRID
+                    for weight in BLEND_WEIGHT_GRID
+                ),
+                lambda episodes, setting: self.knn_pop(
+                    episodes, shrink=setting["shrink"], weight=setting["weight"]
+                ),
+            ),
+            BaselineSpec(
+                "rp3beta",
+                tuple(
+                    {"alpha": alpha, "beta": beta}
+                    for alpha in RP3_ALPHA_GRID
+                    for beta in RP3_BETA_GRID
+                ),
+                lambda episodes, setting: self.rp3beta(
+                    episodes, alpha=setting["alpha"], beta=setting["beta"]
+                ),
+            ),
+        ]
+        return specs
 
     def all_tuned(self) -> list[TunedBaseline]:
-        """popularity, item_knn and ease (up to EASE_MAX_ITEMS active items), each tuned on
-        validation users."""
-        valid = self.prepared.episodes["valid"]
-        popularity = TunedBaseline(
-            "popularity",
-            {},
-            selection_score(
-                per_user_headline(valid, self.popularity(valid), threshold=self.threshold)
-            ),
-            self.popularity(self.prepared.episodes["test"]),
-        )
-        knn = self.tune("item_knn", {"shrink": SHRINK_GRID}, self.item_knn)
-        if int((self.counts > 0).sum()) > EASE_MAX_ITEMS:
-            return [popularity, knn]
-        return [popularity, knn, self._tune_ease()]
-
-    def _tune_ease(self) -> TunedBaseline:
-        # one inversion per lambda, shared by the validation and the test episodes
-        valid, test = self.prepared.episodes["valid"], self.prepared.episodes["test"]
-        best: tuple[float, float, np.ndarray] | None = None
-        for reg in LAMBDA_GRID:
-            active, weights = self.ease_weights(reg=reg)
-            per_user = per_user_headline(
-                valid, self._ease_scores(valid, active, weights), threshold=self.threshold
-            )
-            score = selection_score(per_user)
-            if best is None or score > best[1]:
-                best = (reg, score, self._ease_scores(test, active, weights))
-        assert best is not None
-        return TunedBaseline("ease", {"lambda": best[0]}, best[1], best[2])
+        """Every baseline of `specs`, tuned on the validation users, scored on the test users."""
+        pair = TuningPair(self.prepared.episodes["valid"], self.prepared.episodes["test"])
+        return [
+            self.tune(spec.name, spec.settings, spec.scorer, [pair])[0] for spec in self.specs()
+        ]

@@ -175,6 +175,22 @@ def _train(args: argparse.Namespace, *, device: Any) -> int:
             *(difference["NDCG@5"][key] for key in ("mean", "low", "high", "verdict")),
             *(difference["Recall@20"][key] for key in ("mean", "low", "high", "verdict")),
         )
+    curve = metrics["cold_start"]
+    for name, by_size in curve["scorers"].items():
+        logger.info(
+            "cold start %s, NDCG@5 / Recall@20 at n = %s: %s",
+            name,
+            ", ".join(str(size) for size in curve["sizes"]),
+            ", ".join(f"{v['NDCG@5']:.3f} / {v['Recall@20']:.3f}" for v in by_size.values()),
+        )
+    uncertainty = metrics["uncertainty"]
+    logger.info(
+        "uncertainty: shrinks n = 1 -> 20 for %.1f %% of users; Spearman vs NDCG@5 %s; "
+        "within-top-20 hit AUC %s",
+        100 * uncertainty["shrink_fraction"]["value"],
+        ", ".join(f"{uncertainty['spearman_ndcg5'][str(n)]:+.2f}" for n in uncertainty["sizes"]),
+        ", ".join(f"{uncertainty['hit_auc'][str(n)]:.2f}" for n in uncertainty["sizes"]),
+    )
     return 0
 
 

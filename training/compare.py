@@ -20,15 +20,23 @@ BOOTSTRAP_SEED = 2021
 
 
 def per_user_headline(
-    episodes: EpisodeSet, scores: np.ndarray, *, threshold: float
+    episodes: EpisodeSet,
+    scores: np.ndarray,
+    *,
+    threshold: float,
+    known: EpisodeSet | None = None,
 ) -> dict[str, np.ndarray]:
     """(E,) arrays, one value per test user: within-query NDCG@5 (the paper's, = standard for
-    0/1 labels) and catalog Recall@20 (NaN for a user without query positives)."""
+    0/1 labels) and catalog Recall@20 (NaN for a user without query positives). The catalog
+    ranking leaves out the support items of `known` (default `episodes`): a cut support set
+    (training.cold_start) keeps its hidden items out of the ranking, so every cut ranks the
+    same items against the same query."""
+    known = episodes if known is None else known
     ndcg = np.zeros(len(episodes))
     recall = np.full(len(episodes), np.nan)
     for episode in range(len(episodes)):
         query_items, query_labels = episodes.query(episode)
-        support_items, _ = episodes.support(episode)
+        support_items, _ = known.support(episode)
         ndcg[episode] = paper_ndcg(
             rank(scores[episode, query_items]).tolist(), query_labels.tolist(), k=5
         )

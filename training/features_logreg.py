@@ -10,9 +10,8 @@ import numpy as np
 import torch
 
 from tanp.model import Gaussian, TaNP, TaskState
-from training.baselines import TunedBaseline
+from training.baselines import BaselineSpec, Setting
 from training.batches import Profiles, features_baseline_draws
-from training.compare import per_user_headline, selection_score
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared
 from training.item_stats import TableTensors
@@ -110,7 +109,7 @@ def logreg_scores(model: TaNP, episodes: EpisodeSet, weights: torch.Tensor) -> n
     return np.concatenate(rows) if rows else np.zeros((0, model.config.num_items))
 
 
-def tuned_features_logreg(
+def features_logreg_spec(
     prepared: Prepared,
     model: TaNP,
     *,
@@ -118,29 +117,26 @@ def tuned_features_logreg(
     fold_tensors: list[TableTensors],
     full_tensors: TableTensors,
     train: TrainConfig,
-) -> TunedBaseline:
-    """Fit on train users (fold tables), tune the L2 strength on validation users, score test."""
-    threshold = prepared.interactions.positive_threshold
+) -> BaselineSpec:
+    """The baseline to tune (training.baselines.Baselines.tune): its rows drawn from train
+    users (fold tables), one fit per L2 strength when first asked for, scored with the full
+    tables (installed here)."""
     inputs, targets = training_rows(
         model,
         profiles,
         fold_tensors=fold_tensors,
         train=train,
-        threshold=threshold,
+        threshold=prepared.interactions.positive_threshold,
         seed=train.seed + 11,
     )
     full_tensors.install(model)
-    valid, test = prepared.episodes["valid"], prepared.episodes["test"]
-    best: tuple[float, float, torch.Tensor] | None = None
-    for l2 in L2_GRID:
-        weights = fit_logistic(inputs, targets, l2=l2)
-        score = selection_score(
-            per_user_headline(valid, logreg_scores(model, valid, weights), threshold=threshold)
-        )
-        if best is None or score > best[1]:
-            best = (l2, score, weights)
-    assert best is not None
+    fitted: dict[float, torch.Tensor] = {}
+
+    def scorer(episodes: EpisodeSet, setting: Setting) -> np.ndarray:
+        l2 = setting["l2"]
+        if l2 not in fitted:
+            fitted[l2] = fit_logistic(inputs, targets, l2=l2)
+        return logreg_scores(model, episodes, fitted[l2])
+
     # metrics.json keeps the baseline's key of SPEC section 4
-    return TunedBaseline(
-        "features_lr", {"l2": best[0]}, best[1], logreg_scores(model, test, best[2])
-    )
+    return BaselineSpec("features_lr", tuple({"l2": l2} for l2 in L2_GRID), scorer)

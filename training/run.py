@@ -1,8 +1,9 @@
 """One training run end to end: data -> episodes -> train -> evaluate -> run directory.
 
 A run directory is one model version: weights + manifest (tanp.checkpoint), metrics.json (SPEC
-section 5), history.csv and curves.png; the evaluation adds the tuned baselines, the paired
-difference to each and the adaptation ablations (SPEC section 4).
+section 5), per_user.npz, history.csv and curves.png; the evaluation adds the tuned baselines,
+the paired difference to each, the adaptation ablations, the cold-start curve and the uncertainty
+measures (SPEC section 4, issue 22).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +22,22 @@ import torch
 from tanp.checkpoint import build_model, save_checkpoint
 from tanp.config import TaNPConfig
 from tanp.model import TaNP
-from training.baselines import Baselines, TunedBaseline
+from training.baselines import Baselines, BaselineSpec, TunedBaseline, TuningPair
+from training.cold_start import MODEL, ColdStartCurve, cold_start_curve
 from training.compare import HEADLINE, paired_difference, per_user_headline
 from training.config import TrainConfig
 from training.episodes import EpisodeSet, Prepared
 from training.evaluate import Blocks, TaskEdit, evaluate_scores, tanp_scores
-from training.features_logreg import tuned_features_logreg
+from training.features_logreg import features_logreg_spec
 from training.trainer import EpochRecord, Shard, TrainResult, train_model
+from training.uncertainty import UncertaintyMeasures, measure_uncertainty, score_spread
 
 logger = logging.getLogger(__name__)
 
 ABLATIONS: tuple[TaskEdit, ...] = ("mean_task", "shuffled_task")
+COLD_START_ABLATION: TaskEdit = "mean_task"
+UNCERTAINTY_SAMPLES = 16
+PER_USER_FILE = "per_user.npz"
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class TestReport:
     model: Scored
     baselines: dict[str, tuple[TunedBaseline, Scored]]
     ablations: dict[str, Scored]
+    cold_start: ColdStartCurve | None = None
+    uncertainty: UncertaintyMeasures | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,7 +87,59 @@ class TestReport:
                 name: {"test": scored.blocks, "difference": differences(self.model, scored)}
                 for name, scored in self.ablations.items()
             },
+            **({"cold_start": self.cold_start.to_dict()} if self.cold_start else {}),
+            **({"uncertainty": self.uncertainty.to_dict()} if self.uncertainty else {}),
         }
+
+    def arrays(self, users: np.ndarray) -> dict[str, np.ndarray]:
+        """per_user.npz: the test users' indices (`users`), `test/{scorer}/{metric}` for the
+        model (`tanp`), every baseline and ablation, and the cold-start and uncertainty arrays;
+        what bench/quality.py pools over splits and training seeds."""
+        scorers = {
+            MODEL: self.model,
+            **{name: scored for name, (_, scored) in self.baselines.items()},
+            **self.ablations,
+        }
+        return {
+            "users": users,
+            **{
+                f"test/{name}/{key}": scored.per_user[key]
+                for name, scored in scorers.items()
+                for key in HEADLINE
+            },
+            **(self.cold_start.arrays() if self.cold_start else {}),
+            **(self.uncertainty.arrays() if self.uncertainty else {}),
+        }
+
+
+def cold_start_report(
+    prepared: Prepared,
+    model: TaNP,
+    *,
+    samples: int,
+    baselines: Baselines | None,
+    extra: Sequence[BaselineSpec] = (),
+) -> tuple[ColdStartCurve, UncertaintyMeasures]:
+    """The cold-start curve of the model, its `mean_task` ablation and (when given) every
+    baseline (and `extra`) re-tuned per support size, and the uncertainty measures on the same
+    cut users."""
+    curve = cold_start_curve(
+        prepared,
+        model_scorers={
+            MODEL: lambda episodes: tanp_scores(model, episodes, samples=samples),
+            COLD_START_ABLATION: lambda episodes: tanp_scores(
+                model, episodes, samples=samples, edit=COLD_START_ABLATION
+            ),
+        },
+        baselines=baselines,
+        extra=extra,
+    )
+    measures = measure_uncertainty(
+        curve,
+        score_spread(model, samples=UNCERTAINTY_SAMPLES),
+        threshold=prepared.interactions.positive_threshold,
+    )
+    return curve, measures
 
 
 def test_report(
@@ -94,10 +154,14 @@ def test_report(
         return score(episodes, scores, threshold=threshold)
 
     model = scored(tanp_scores(result.model, episodes, samples=samples))
-    tuned = Baselines(prepared).all_tuned() if baselines else []
-    if baselines and (result.model.config.item_feature_dim or result.model.config.neighbours):
-        tuned.append(
-            tuned_features_logreg(
+    simple = Baselines(prepared) if baselines else None
+    tuned = simple.all_tuned() if simple is not None else []
+    extra = []
+    if simple is not None and (
+        result.model.config.item_feature_dim or result.model.config.neighbours
+    ):
+        extra.append(
+            features_logreg_spec(
                 prepared,
                 result.model,
                 profiles=result.data.profiles,
@@ -106,6 +170,11 @@ def test_report(
                 train=result.train,
             )
         )
+        pair = TuningPair(prepared.episodes["valid"], episodes)
+        tuned += [simple.tune(spec.name, spec.settings, spec.scorer, [pair])[0] for spec in extra]
+    curve, measures = cold_start_report(
+        prepared, result.model, samples=samples, baselines=simple, extra=extra
+    )
     return TestReport(
         model=model,
         baselines={baseline.name: (baseline, scored(baseline.test_scores)) for baseline in tuned},
@@ -113,6 +182,8 @@ def test_report(
             edit: scored(tanp_scores(result.model, episodes, samples=samples, edit=edit))
             for edit in ABLATIONS
         },
+        cold_start=curve,
+        uncertainty=measures,
     )
 
 
@@ -165,8 +236,15 @@ def train_run(
         "model": "tanp",
         "split": prepared.split,
         "seed": prepared.seed if prepared.seed is not None else train.seed,
+        "train_seed": train.seed,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
+        # the selected epoch's validation NDCG@5 over the mean_task ablation's, and whether it
+        # cleared train.min_task_gain (false: no epoch did, the best of all was kept)
+        "best_epoch_task_gain": finite_or_none(
+            result.history[result.best_epoch - 1].valid_task_gain
+        ),
+        "best_epoch_eligible": result.history[result.best_epoch - 1].eligible,
         "train_seconds": round(result.train_seconds, 2),
         "epoch_seconds_median": round(
             float(np.median([h.train_seconds for h in result.history])), 4
@@ -189,9 +267,14 @@ def train_run(
         metrics=report.model.blocks,
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
+    np.savez_compressed(out / PER_USER_FILE, **report.arrays(prepared.episodes["test"].users))  # type: ignore[arg-type]
     write_history(out / "history.csv", result)
     plot_curves(out / "curves.png", result)
     return metrics
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
 
 
 def write_history(path: Path, result: TrainResult) -> None:
@@ -232,7 +315,8 @@ def plot_curves(path: Path, result: TrainResult) -> None:
 
 def evaluate_run(run_dir: Path, prepared: Prepared, *, samples: int = 0) -> dict[str, Any]:
     """Re-evaluate a saved run on the prepared episodes (loads through tanp.build_model): the
-    model, its ablations, and the tuned baselines that need no training episodes."""
+    model, its ablations, the tuned baselines that need no training episodes, the cold-start
+    curve and the uncertainty measures."""
     loaded = build_model(run_dir, "cpu")
     if loaded.items != prepared.interactions.item_ids:
         raise ValueError(f"{run_dir}: the run's item ids differ from the data's")
@@ -241,9 +325,10 @@ def evaluate_run(run_dir: Path, prepared: Prepared, *, samples: int = 0) -> dict
     model = score(
         episodes, tanp_scores(loaded.model, episodes, samples=samples), threshold=threshold
     )
+    simple = Baselines(prepared)
     baselines = {
         tuned.name: (tuned, score(episodes, tuned.test_scores, threshold=threshold))
-        for tuned in Baselines(prepared).all_tuned()
+        for tuned in simple.all_tuned()
     }
     ablations: dict[str, Scored] = {
         edit: score(
@@ -262,5 +347,10 @@ def evaluate_run(run_dir: Path, prepared: Prepared, *, samples: int = 0) -> dict
             loaded.model, prepared.episodes["valid"], threshold=threshold, samples=samples
         ),
         "test": model.blocks,
-        **TestReport(model, baselines, ablations).to_dict(),
+        **TestReport(
+            model,
+            baselines,
+            ablations,
+            *cold_start_report(prepared, loaded.model, samples=samples, baselines=simple),
+        ).to_dict(),
     }

@@ -45,6 +45,8 @@ class EpochRecord:
     clustering: float
     valid_ndcg5: float
     valid_recall20: float
+    valid_task_gain: float  # valid NDCG@5 minus the mean_task ablation's (NaN: not measured)
+    eligible: bool  # whether selection may pick this epoch (TrainConfig.min_task_gain)
     train_seconds: float
     eval_seconds: float
 
@@ -291,8 +293,9 @@ def train_model(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> TrainResult:
-    """Train, selecting the epoch with the best validation NDCG@5 + Recall@20; test users are
-    never read. The model trains on `device`; episodes are drawn on the CPU."""
+    """Train, selecting the epoch with the best validation NDCG@5 + Recall@20 among those whose
+    task path matters (`min_task_gain`; the best of all when none does); test users are never
+    read. The model trains on `device`; episodes are drawn on the CPU."""
     started = time.perf_counter()
     model, full = build_untrained(prepared, model_config, train)
     model.to(device)
@@ -304,7 +307,8 @@ def train_model(
     )
     shard = Shard.current()
     network = shard.wrap(model, device)
-    best = Best(-np.inf, 0, copy.deepcopy(model.state_dict()))
+    best = Best(-np.inf, 0, copy.deepcopy(model.state_dict()))  # the best eligible epoch
+    fallback = Best(-np.inf, 0, best.state)  # the best of every epoch
     history: list[EpochRecord] = []
     for epoch in range(1, train.epochs + 1):
         epoch_started = time.perf_counter()
@@ -323,6 +327,13 @@ def train_model(
         valid = validation_headline(
             model, prepared.episodes["valid"], threshold=threshold, samples=train.eval_samples
         )
+        task_gain = float("nan")
+        if train.min_task_gain > 0:
+            ablated = validation_headline(
+                model, prepared.episodes["valid"], threshold=threshold, edit="mean_task"
+            )
+            task_gain = float(np.nanmean(valid["NDCG@5"]) - np.nanmean(ablated["NDCG@5"]))
+        eligible = not train.min_task_gain > 0 or task_gain >= train.min_task_gain
         loss, pointwise, listwise, kl, clustering = losses.tolist()
         history.append(
             EpochRecord(
@@ -334,6 +345,8 @@ def train_model(
                 clustering=clustering,
                 valid_ndcg5=float(np.nanmean(valid["NDCG@5"])),
                 valid_recall20=float(np.nanmean(valid["Recall@20"])),
+                valid_task_gain=task_gain,
+                eligible=eligible,
                 train_seconds=eval_started - epoch_started,
                 eval_seconds=time.perf_counter() - eval_started,
             )
@@ -341,9 +354,14 @@ def train_model(
         if on_epoch is not None:
             on_epoch(history[-1])
         score = selection_score(valid)
-        best.update(score, epoch=epoch, model=model)
-        if score <= best.score and train.patience and epoch - best.epoch >= train.patience:
+        fallback.update(score, epoch=epoch, model=model)
+        if eligible:
+            best.update(score, epoch=epoch, model=model)
+        last = best.epoch or fallback.epoch
+        if train.patience and epoch - last >= train.patience:
             break
+    if best.epoch == 0:  # no epoch's task path cleared min_task_gain: the best of all, flagged
+        best = fallback
     model.load_state_dict(best.state)
     model.eval()
     if model.shortlist is not None and shard.rank == 0:

@@ -1,7 +1,8 @@
 """`AuditedRoute`: the admin router's route class, one audit row per call whatever the outcome
 (validation errors included): the actor (`token` once `require_admin` accepted the bearer token,
 else `anonymous`), the action (the route's name), the target version, the status code and a
-message, written to `AuditLog` (spooled). The row never changes the answer.
+message, written to `AuditLog` (spooled; anonymous refusals past AUDIT_ANONYMOUS_PER_MINUTE are
+logged and counted, not stored). The row never changes the answer.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def _audit(request: Request, *, action: str, status_code: int, message: st
     if state is None:
         logger.warning("no database: admin call %s not audited in SQL", action)
         return
-    state.audit_log.record(
+    written = state.audit_log.record(
         actor=actor,
         action=action,
         target=target,
@@ -100,3 +101,5 @@ async def _audit(request: Request, *, action: str, status_code: int, message: st
         message=message,
         client_ip=client_ip,
     )
+    if not written:
+        state.metrics.admin_audit_sampled.inc()

@@ -7,6 +7,7 @@ loop instead of spending a thread-pool hop on each. `require_admin` guards the a
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +20,8 @@ from app.serving.questions import QuestionAsker
 from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.state import ServiceState
+
+_DIRECTORIES = re.compile(r"(?:/[^\s/:'\"]+)+/")
 
 ACTOR_TOKEN = "token"
 ACTOR_ANONYMOUS = "anonymous"
@@ -38,8 +41,14 @@ async def get_serving_model(state: StateDep) -> ServingModel:
     """The model this request uses from start to end: `holder.current`, read once."""
     serving = state.holder.current
     if serving is None:
-        raise ModelUnavailableError(state.models.unavailable_reason())
+        raise ModelUnavailableError(without_paths(state.models.unavailable_reason()))
     return serving
+
+
+def without_paths(text: str) -> str:
+    """`text` with the directories of absolute paths left out (`/srv/models/v2/x` -> `x`): what
+    an anonymous caller may read of a server-side reason."""
+    return _DIRECTORIES.sub("", text)
 
 
 async def get_settings(state: StateDep) -> Settings:
@@ -68,6 +77,16 @@ ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 QuestionAskerDep = Annotated[QuestionAsker, Depends(get_question_asker)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+def holds_admin_token(request: Request, settings: Settings) -> bool:
+    """Whether the request carries the admin bearer token (constant-time compare); False when
+    admin is off. For routes that show more to an operator than to anyone."""
+    token = settings.admin_token
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if not token or scheme.lower() != "bearer" or not credentials.strip():
+        return False
+    return hmac.compare_digest(credentials.strip().encode(), token.encode())
 
 
 async def require_admin(request: Request, settings: SettingsDep) -> None:

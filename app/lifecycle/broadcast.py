@@ -53,12 +53,13 @@ class ModelBroadcast:
             health_check_interval=30,
         )
 
-    def publish(self, version: str) -> None:
-        """Best effort: a missed announcement is repaired by every worker's reconcile."""
-        message = json.dumps({"version": version, "origin": self.worker})
+    def publish(self, version: str, *, sha256: str | None = None) -> None:
+        """Best effort: a missed announcement is repaired by every worker's reconcile. The
+        weights' `sha256` travels with the name (a retrain may reuse a name)."""
+        message = json.dumps({"version": version, "sha256": sha256, "origin": self.worker})
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.set(self.active_key, version)
+            pipe.set(self.active_key, json.dumps({"version": version, "sha256": sha256}))
             pipe.publish(self.channel, message)
             pipe.execute()
         except redis.RedisError as error:
@@ -68,16 +69,33 @@ class ModelBroadcast:
 
     def announced_version(self) -> str | None:
         """The last announced version (the Redis key), None when unset or Redis is down."""
+        announced = self.announced()
+        return None if announced is None else announced[0]
+
+    def announced(self) -> tuple[str, str | None] | None:
+        """The last announced version and weights sha256 (None for an announcement of older
+        code, a bare name), None when unset or Redis is down."""
         try:
             value = self._redis.get(self.active_key)
         except redis.RedisError as error:
             logger.debug("redis unavailable for reconcile: %s", error)
             return None
-        return value.decode() if isinstance(value, bytes) else None
+        if not isinstance(value, bytes):
+            return None
+        text = value.decode("utf-8", "replace")
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return text, None
+        if not isinstance(payload, dict) or not isinstance(payload.get("version"), str):
+            return text, None
+        sha256 = payload.get("sha256")
+        return payload["version"], sha256 if isinstance(sha256, str) else None
 
-    def listen(self, on_version: Callable[[str], None], stop: threading.Event) -> None:
+    def listen(self, on_version: Callable[[str, str | None], None], stop: threading.Event) -> None:
         """Blocking (run it in a thread): hand each version announced by another worker to
-        `on_version` until `stop` is set; resubscribes with back-off after Redis failures."""
+        `on_version` (name, weights sha256) until `stop` is set; resubscribes with back-off
+        after Redis failures; an exception of `on_version` is logged, never ends the loop."""
         backoff = 0.5
         while not stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -87,9 +105,9 @@ class ModelBroadcast:
                 while not stop.is_set():
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "message":
-                        version = self.announced_by_another(message.get("data"))
-                        if version is not None:
-                            on_version(version)
+                        announced = self.announced_by_another(message.get("data"))
+                        if announced is not None:
+                            _handle(on_version, *announced)
             except (redis.RedisError, OSError) as error:
                 logger.warning("model channel subscription lost (retrying): %s", error)
                 stop.wait(backoff)
@@ -98,20 +116,21 @@ class ModelBroadcast:
                 with contextlib.suppress(redis.RedisError, OSError):
                     pubsub.close()
 
-    def announced_by_another(self, data: object) -> str | None:
-        """The version of a channel message from another worker; None for this worker's own
-        messages and for malformed ones (logged)."""
+    def announced_by_another(self, data: object) -> tuple[str, str | None] | None:
+        """The version and weights sha256 of a channel message from another worker; None for
+        this worker's own messages and for malformed ones (logged)."""
         try:
             payload = json.loads(data.decode() if isinstance(data, bytes) else str(data))
             version = str(payload["version"])
             origin = str(payload.get("origin", ""))
-        except (ValueError, KeyError, TypeError) as error:
+            sha256 = payload.get("sha256")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             logger.warning("ignoring malformed model announcement %r: %s", data, error)
             return None
         if origin == self.worker:
             return None
-        logger.info("model %s announced by %s", version, origin)
-        return version
+        logger.info("model %s (weights %s) announced by %s", version, sha256, origin)
+        return version, sha256 if isinstance(sha256, str) else None
 
     def write_status(self, status: dict[str, Any]) -> None:
         try:
@@ -141,6 +160,15 @@ class ModelBroadcast:
         return sorted(found.values(), key=lambda entry: str(entry["worker"]))
 
     def close(self) -> None:
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(redis.RedisError, OSError):
             self._redis.hdel(self.workers_key, self.worker)
         self._redis.close()
+
+
+def _handle(
+    on_version: Callable[[str, str | None], None], version: str, sha256: str | None
+) -> None:
+    try:
+        on_version(version, sha256)
+    except Exception:  # the listener must outlive any one announcement
+        logger.exception("handling the announcement of %s failed", version)

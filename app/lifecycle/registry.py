@@ -18,7 +18,7 @@ from app.errors import RegistryUnavailableError
 from app.lifecycle.versions import list_versions
 from app.serving.model import ServingModel
 from app.storage import crud
-from app.storage.db import SessionFactory, first_line
+from app.storage.db import SessionFactory, first_line, schema_missing
 from tanp.checkpoint import CheckpointError, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class RegistryView:
 
     reachable: bool
     active: str | None = None
+    active_sha256: str | None = None  # the active version's weights (a name can be reused)
     failed: dict[str, str] = field(default_factory=dict)  # version -> why
 
 
@@ -73,9 +74,11 @@ class Registry:
         if self.sessions is None:
             return RegistryView(reachable=False)
         try:
+            active = crud.active_weights(self.sessions)
             return RegistryView(
                 reachable=True,
-                active=crud.active_version(self.sessions),
+                active=None if active is None else active[0],
+                active_sha256=None if active is None else active[1],
                 failed=crud.failed_versions(self.sessions),
             )
         except Exception as error:  # DB down: the caller changes nothing
@@ -99,11 +102,16 @@ class Registry:
                     self.sessions, name=name, path=run_dir, manifest=manifest, error=error
                 )
         except Exception as error:
-            logger.error(
-                "model registry unavailable (%s); serving without it. Run `tanp-serve migrate` "
-                "or set MIGRATE_ON_START=1 if the schema is missing",
-                first_line(error),
-            )
+            if schema_missing(error):
+                logger.error(
+                    "the database has no model registry tables (%s): run `tanp-serve migrate` "
+                    "or set MIGRATE_ON_START=1; serving without the registry",
+                    first_line(error),
+                )
+            else:
+                logger.error(
+                    "model registry unavailable (%s); serving without it", first_line(error)
+                )
             return RegistryView(reachable=False)
         return self.view()
 
@@ -122,6 +130,12 @@ class Registry:
                 seconds=self.timeout_seconds,
             )
         except Exception as error:
+            if schema_missing(error):
+                raise RegistryUnavailableError(
+                    f"version {serving.version!r} verified but not activated: the database "
+                    "answers but holds no model registry tables (the schema is missing): run "
+                    f"`tanp-serve migrate` or set MIGRATE_ON_START=1; still serving {previous!r}."
+                ) from error
             raise RegistryUnavailableError(
                 f"version {serving.version!r} verified but not activated: the model registry "
                 f"could not record it ({first_line(error)}); still serving {previous!r}. "

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from app.lifecycle.registry import Registry, RegistryView, VersionOverview
 from app.lifecycle.versions import list_versions, newest_version, resolve_version
 from app.serving.model import ModelHolder, ServingModel
 from app.storage.db import SessionFactory
-from tanp.checkpoint import CheckpointError
+from tanp.checkpoint import CheckpointError, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ class Activation:
     version: str
     previous: str | None
     device: str
+    sha256: str = ""  # the activated weights
+    # live workers that did not report these weights within RELOAD_CONFIRM_SECONDS (empty
+    # when every one did, or when the answer does not wait for them)
+    unconfirmed_workers: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,7 @@ class ModelService:
         reconcile_seconds: float,
         registry_timeout_seconds: float,
         on_swap: Callable[[ServingModel], None] | None = None,
+        confirm_seconds: float = 0.0,
     ) -> None:
         self.holder = holder
         self.models_dir = models_dir
@@ -89,6 +94,7 @@ class ModelService:
         self.broadcast = broadcast
         self.worker = worker
         self.reconcile_seconds = reconcile_seconds
+        self.confirm_seconds = confirm_seconds  # RELOAD_CONFIRM_SECONDS
         self._on_swap = on_swap
         # Serialises start / activate / follow so they never interleave in a worker.
         self._lock = threading.RLock()
@@ -96,7 +102,8 @@ class ModelService:
         self._threads: list[threading.Thread] = []
         self._startup_error: str | None = "model still loading"
         self._last_error: str | None = None
-        self._failed_version: str | None = None  # the version `follow` last failed to load
+        # the (version, weights sha256) `follow` last failed to load
+        self._failed_version: tuple[str, str | None] | None = None
         self._refused_at_start: set[str] = set()  # versions `start` and its retries refused
         self._pinned: str | None = None
         # ACTIVE_MODEL served while SQL was down: recorded as active once SQL answers, unless
@@ -139,11 +146,11 @@ class ModelService:
         for version in candidates:
             try:
                 serving = self._load(version)
-            except (ServingError, CheckpointError, OSError) as error:
-                refusals.append(f"loading {version!r} failed: {error}")
+            except Exception as error:  # one bad version never stops the start
+                refusals.append(f"loading {version!r} failed: {_reason(error)}")
                 self._refused_at_start.add(version)
-                if isinstance(error, CheckpointError):
-                    self.registry.record_failure(version, message=str(error))
+                if not isinstance(error, ServingError | OSError):
+                    self.registry.record_failure(version, message=_reason(error))
                 continue
             self._startup_error = None
             if refusals:
@@ -183,19 +190,48 @@ class ModelService:
             previous = current.version if current is not None else None
             try:
                 serving = self._load(version)
-            except CheckpointError as error:
-                if version != previous:
-                    self.registry.record_failure(version, message=str(error))
+            except ServingError:
+                raise  # not a version name, or no such version: nothing to mark
+            except Exception as error:  # whatever the folder holds, a refusal (422)
+                if version != previous or (
+                    current is not None and _weights_changed(current, self.models_dir)
+                ):
+                    self.registry.record_failure(version, message=_reason(error))
                 raise ModelRefusedError(
-                    f"version {version!r} refused, still serving {previous!r}: {error}"
+                    f"version {version!r} refused, still serving {previous!r}: {_reason(error)}"
                 ) from error
             self.registry.record_active(serving, previous=previous)
             self._failed_version = None
             self._unrecorded_pin = None
             self._swap(serving)
             if self.broadcast is not None:
-                self.broadcast.publish(serving.version)
-        return Activation(version=serving.version, previous=previous, device=serving.device)
+                self.broadcast.publish(serving.version, sha256=serving.weights_sha256)
+        return Activation(
+            version=serving.version,
+            previous=previous,
+            device=serving.device,
+            sha256=serving.weights_sha256,
+            unconfirmed_workers=self._await_workers(serving.weights_sha256),
+        )
+
+    def _await_workers(self, sha256: str) -> list[str]:
+        """With Redis and RELOAD_CONFIRM_SECONDS > 0: wait (outside the lifecycle lock) until
+        every live worker reports `sha256`; the workers that did not within the time."""
+        broadcast = self.broadcast
+        if broadcast is None or self.confirm_seconds <= 0:
+            return []
+        deadline = time.monotonic() + self.confirm_seconds
+        while True:
+            behind = [
+                str(entry.get("worker"))
+                for entry in broadcast.workers(self.status())
+                if entry.get("sha256") != sha256
+            ]
+            if not behind or time.monotonic() >= deadline:
+                if behind:
+                    logger.warning("workers not on %s yet: %s", sha256[:12], ", ".join(behind))
+                return behind
+            time.sleep(0.02)
 
     def newest_version(self) -> str:
         """The newest run directory's name (UnknownVersionError when there is none)."""
@@ -203,24 +239,47 @@ class ModelService:
 
     # --- follow -----------------------------------------------------------------------------
 
-    def follow(self, version: str, *, read_at_swap: int | None = None) -> None:
-        """Serve `version` when this worker serves another; never raises. A version that
-        failed here is not retried until a different one is asked for. `read_at_swap`: the
-        swap count when `version` was read from the registry; if a swap happened since (an
-        announcement overtook the read), the read is stale and nothing changes."""
+    def follow(
+        self, version: str, sha256: str | None = None, *, read_at_swap: int | None = None
+    ) -> None:
+        """Serve `version` with the weights `sha256` (any weights when None) when this worker
+        serves other weights; never raises. Weights that failed here are not retried until
+        others are asked for; weights on disk other than `sha256` are not served (the
+        announcement or the registry will say which). `read_at_swap`: the swap count when
+        `version` was read from the registry; if a swap happened since (an announcement
+        overtook the read), the read is stale and nothing changes."""
+        try:
+            self._follow(version, sha256, read_at_swap=read_at_swap)
+        except Exception:  # the caller is a background thread: it must survive anything
+            logger.exception("following %s failed", version)
+
+    def _follow(self, version: str, sha256: str | None, *, read_at_swap: int | None) -> None:
         with self._lock:
             if read_at_swap is not None and read_at_swap != self._swaps:
                 return
             current = self.holder.current
-            if current is not None and current.version == version:
+            if (
+                current is not None
+                and current.version == version
+                and sha256 in (None, current.weights_sha256)
+            ):
                 return
-            if version == self._failed_version:
+            if (version, sha256) == self._failed_version:
                 return
             try:
                 serving = self._load(version)
-            except (ServingError, CheckpointError, OSError) as error:
-                self._failed_version = version
-                logger.error("could not follow active version %s: %s", version, error)
+            except Exception as error:
+                self._failed_version = (version, sha256)
+                logger.error("could not follow active version %s: %s", version, _reason(error))
+                return
+            if sha256 is not None and serving.weights_sha256 != sha256:
+                self._failed_version = (version, sha256)
+                logger.error(
+                    "not following %s: its folder holds weights %s, the active ones are %s",
+                    version,
+                    serving.weights_sha256[:12],
+                    sha256[:12],
+                )
                 return
             self._failed_version = None
             self._swap(serving)
@@ -245,11 +304,13 @@ class ModelService:
         if registry.reachable and self._unrecorded_pin is not None:
             self._record_unrecorded_pin(registry)
             registry = self.registry.view()
-        desired = registry.active if registry.reachable else None
+        desired = (registry.active, registry.active_sha256) if registry.reachable else None
+        if desired is not None and desired[0] is None:
+            desired = None
         if not self.registry.enabled and self.broadcast is not None:
-            desired = self.broadcast.announced_version()  # no registry: Redis is the record
-        if desired is not None:
-            self.follow(desired, read_at_swap=swaps)
+            desired = self.broadcast.announced()  # no registry: Redis is the record
+        if desired is not None and desired[0] is not None:
+            self.follow(desired[0], desired[1], read_at_swap=swaps)
         elif self.holder.current is None and (registry.reachable or not self.registry.enabled):
             self._adopt_startup_choice(registry)
         self.last_reconcile = time.time()
@@ -294,7 +355,12 @@ class ModelService:
 
     def _reconcile_loop(self) -> None:
         while not self._stop.wait(self.reconcile_seconds):
-            self.reconcile()
+            try:
+                self.reconcile()
+            except Exception:  # one bad round (a registry or disk surprise) never ends the loop
+                logger.exception(
+                    "model reconcile failed; retrying in %.1f s", self.reconcile_seconds
+                )
 
     # --- reporting --------------------------------------------------------------------------
 
@@ -314,6 +380,7 @@ class ModelService:
             "worker": self.worker,
             "pid": os.getpid(),
             "version": current.version if current is not None else None,
+            "sha256": current.weights_sha256 if current is not None else None,
             "last_reconcile": self.last_reconcile,
             "updated_at": time.time(),
         }
@@ -378,3 +445,20 @@ class ModelService:
     def _write_status(self) -> None:
         if self.broadcast is not None:
             self.broadcast.write_status(self.status())
+
+
+def _reason(error: BaseException) -> str:
+    """A refusal's text: a CheckpointError's own message, else the type and message."""
+    if isinstance(error, CheckpointError | ServingError):
+        return str(error)
+    return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+def _weights_changed(current: ServingModel, models_dir: Path) -> bool:
+    """Whether the served version's folder now holds other weights than those served (a
+    retrain into the same folder): a refusal then belongs to the new weights."""
+    try:
+        manifest = read_manifest(models_dir / current.version)
+    except CheckpointError:
+        return True
+    return manifest.get("weights_sha256") != current.weights_sha256

@@ -1,7 +1,8 @@
 """Dynamic micro-batching: concurrent callers' items run through one blocking call together. An
 item that finds no batch running starts one at once; items that arrive meanwhile go together, up
 to `max_batch`, into the next. Batches run one at a time on a thread of their own, so the event
-loop keeps reading requests and a batch costs one thread hop. Knows nothing about the items.
+loop keeps reading requests and a batch costs one thread hop. At most `max_pending` items wait;
+past that `submit` raises `QueueFullError` at once. Knows nothing about the items.
 """
 
 from __future__ import annotations
@@ -12,19 +13,30 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 Item = TypeVar("Item")
+
 Result = TypeVar("Result")
+
+
+class QueueFullError(RuntimeError):
+    """`max_pending` items already wait for a batch."""
 
 
 class MicroBatcher(Generic[Item, Result]):
     """Runs `run(items) -> results` (same length, same order) on batches of submitted items."""
 
     def __init__(
-        self, run: Callable[[Sequence[Item]], list[Result]], *, max_batch: int, name: str
+        self,
+        run: Callable[[Sequence[Item]], list[Result]],
+        *,
+        max_batch: int,
+        name: str,
+        max_pending: int | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run = run
         self.max_batch = max_batch
+        self.max_pending = max_pending  # None: unbounded
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=name)
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         self._running = False
@@ -33,7 +45,9 @@ class MicroBatcher(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         """`run([..., item, ...])`'s result for `item`; an exception `run` raises reaches every
-        caller of that batch."""
+        caller of that batch; QueueFullError when `max_pending` items already wait."""
+        if self.max_pending is not None and len(self._pending) >= self.max_pending:
+            raise QueueFullError(f"{len(self._pending)} calls already wait for a batch")
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
         if not self._running:

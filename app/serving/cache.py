@@ -1,7 +1,8 @@
-"""Task-embedding cache (SPEC section 7): key `tanp:{model_version}:{support digest}`, value
-`tanp.scoring.pack_state`'s bytes (never pickle), over Redis (`RedisCache`) or an in-process LRU
-with a TTL (`MemoryCache`). A store failure or a malformed value is a miss, counted and logged,
-never an error response. Knows nothing about HTTP or the model beyond the key's version string.
+"""Task-embedding cache (SPEC section 7, issue 21): key `{prefix}state:{weights sha256}:{support
+digest}` (the prefix is BROADCAST_PREFIX), value `tanp.scoring.pack_state`'s bytes (never pickle),
+over Redis (`RedisCache`) or an in-process LRU with a TTL (`MemoryCache`). A store failure, a
+malformed value or a state that does not fit the model is a miss, counted and logged, never an
+error response or a served state. Knows nothing about HTTP or the model beyond its weights' sha.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ import torch
 from redis.exceptions import RedisError
 
 from tanp.model import TaskState
-from tanp.scoring import pack_state, unpack_state
+from tanp.scoring import StateShape, pack_state, unpack_state
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "tanp"
+DEFAULT_PREFIX = "tanp:"
 
 
 def canonical_support(pairs: Iterable[tuple[str, float]]) -> str:
@@ -38,9 +39,11 @@ def support_digest(pairs: Iterable[tuple[str, float]]) -> str:
     return hashlib.sha256(canonical_support(pairs).encode("ascii")).hexdigest()
 
 
-def cache_key(*, model_version: str, digest: str, prefix: str = DEFAULT_PREFIX) -> str:
-    """`{prefix}:{model_version}:{digest}`; a new model version never reads an old state."""
-    return f"{prefix}:{model_version}:{digest}"
+def cache_key(*, weights_sha256: str, digest: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """`{prefix}state:{weights_sha256}:{digest}`: keyed by the weights, not the version's name,
+    so new weights under an old name (a retrain into the same run directory) never read a
+    state of the old ones."""
+    return f"{prefix}state:{weights_sha256}:{digest}"
 
 
 class ByteStore(Protocol):
@@ -231,7 +234,7 @@ class RedisCache:
 
 
 class TaskStateCache:
-    """Task states by model version and support digest, over one byte store."""
+    """Task states by the weights' sha256 and support digest, over one byte store."""
 
     def __init__(self, store: ByteStore, *, prefix: str = DEFAULT_PREFIX) -> None:
         self.store = store
@@ -242,27 +245,36 @@ class TaskStateCache:
         return self.store.kind
 
     def get_many(
-        self, *, model_version: str, digests: list[str], device: torch.device
+        self,
+        *,
+        weights_sha256: str,
+        digests: list[str],
+        device: torch.device,
+        shape: StateShape | None = None,
     ) -> list[TaskState | None]:
-        """The cached states on `device`, None where absent, expired, malformed or the store
-        is down; one round trip to the store."""
+        """The cached states on `device`, None where absent, expired, malformed, not fitting
+        the model's `shape`, or the store is down; one round trip to the store."""
         keys = [
-            cache_key(model_version=model_version, digest=d, prefix=self.prefix) for d in digests
+            cache_key(weights_sha256=weights_sha256, digest=d, prefix=self.prefix) for d in digests
         ]
         states: list[TaskState | None] = []
         for key, payload in zip(keys, self.store.get_many(keys), strict=True):
             try:
-                states.append(None if payload is None else unpack_state(payload, device=device))
+                states.append(
+                    None if payload is None else unpack_state(payload, device=device, shape=shape)
+                )
             except ValueError as error:
-                logger.warning("ignoring a malformed cache entry %s: %s", key, error)
+                logger.warning("ignoring a cache entry that does not fit %s: %s", key, error)
                 states.append(None)
         return states
 
-    def put_many(self, *, model_version: str, states: dict[str, TaskState]) -> None:
+    def put_many(self, *, weights_sha256: str, states: dict[str, TaskState]) -> None:
         """Store each digest -> state of `states`, in one round trip to the store."""
         self.store.set_many(
             {
-                cache_key(model_version=model_version, digest=d, prefix=self.prefix): pack_state(s)
+                cache_key(weights_sha256=weights_sha256, digest=d, prefix=self.prefix): (
+                    pack_state(s)
+                )
                 for d, s in states.items()
             }
         )

@@ -15,17 +15,21 @@ import torch
 
 from tanp.checkpoint import build_model
 from tanp.model import TaNPConfig
-from tanp.scoring import Scorer, popularity_ranking
+from tanp.scoring import Scorer, StateShape, popularity_ranking, state_shape
 
 
 @dataclass(frozen=True, eq=False)
 class ServingModel:
     """One loaded model version and every lookup the service needs, computed at load."""
 
-    version: str  # the run directory's name under MODELS_DIR: cache keys, registry, answers
+    version: str  # the run directory's name under MODELS_DIR: registry, answers
+    # the weights' identity (checked against the file by build_model): cache and memo keys,
+    # answers, and what workers compare (a retrain may reuse a version's name)
+    weights_sha256: str
     run_dir: Path
     manifest: dict[str, Any]
     scorer: Scorer
+    state_shape: StateShape  # what a cached task state must look like to be used
     config: TaNPConfig
     device: str
     items: list[str]  # external item ids, in model index order
@@ -58,9 +62,11 @@ class ServingModel:
         top = float(popularity.max()) if popularity.size else 0.0
         return cls(
             version=run_dir.name,
+            weights_sha256=str(loaded.manifest["weights_sha256"]),
             run_dir=run_dir,
             manifest=loaded.manifest,
             scorer=loaded.scorer,
+            state_shape=state_shape(loaded.scorer),
             config=model.config,
             device=str(loaded.device),
             items=items,

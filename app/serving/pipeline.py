@@ -85,6 +85,7 @@ class Recommendation:
 
     items: list[ScoredItem]
     model_version: str
+    model_sha256: str  # the weights that made it (a version's name can be reused by a retrain)
     cached: bool  # the task state (or, from the answer memo, the whole answer) was remembered
     fallback: Literal["popularity"] | None
     support_size: int
@@ -274,9 +275,10 @@ def _task_states(
     those missing, one write."""
     scorer = model.scorer
     found = cache.get_many(
-        model_version=model.version,
+        weights_sha256=model.weights_sha256,
         digests=[request.digest for request in checked],
         device=scorer.device,
+        shape=model.state_shape,
     )
     missing = [index for index, state in enumerate(found) if state is None]
     encoded: dict[int, TaskState] = {}
@@ -284,7 +286,7 @@ def _task_states(
         batch = scorer.encode_many([(checked[i].support, checked[i].labels) for i in missing])
         encoded = dict(zip(missing, split_states(batch), strict=True))
         cache.put_many(
-            model_version=model.version,
+            weights_sha256=model.weights_sha256,
             states={checked[index].digest: state for index, state in encoded.items()},
         )
     states: list[TaskState] = []
@@ -365,6 +367,7 @@ def _answer(
     return Recommendation(
         items=items,
         model_version=model.version,
+        model_sha256=model.weights_sha256,
         cached=cached,
         fallback=None if request.support else POPULARITY,
         support_size=len(request.support),

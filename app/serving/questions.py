@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -20,7 +20,7 @@ from app.schemas import QuestionsRequest, RecommendRequest
 from app.serving.model import ServingModel
 from app.serving.pipeline import NamedItem, check, named, out_of_memory, scoring_fault
 from app.serving.ranking import non_finite
-from app.serving.recommender import AnswerMemo
+from app.serving.recommender import AnswerMemo, memo_key
 from app.telemetry import Metrics
 from tanp.onboarding import NonFiniteScoresError, next_questions
 
@@ -65,7 +65,7 @@ class QuestionAsker:
             ),
             max_support=self.max_support,
         )
-        key: Hashable = (model.version, checked.digest, request.k, frozenset(request.exclude))
+        key = memo_key(weights_sha256=model.weights_sha256, checked=checked)
         remembered = self.answers.get(key) if self.answers is not None else None
         if remembered is not None:
             return Questions(remembered, model.version, cached=True)

@@ -6,21 +6,25 @@ Knows nothing about HTTP.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from app.errors import ModelFaultError
+from app.errors import ModelFaultError, OverloadedError
 from app.schemas import RecommendRequest
-from app.serving.batcher import MicroBatcher
+from app.serving.batcher import MicroBatcher, QueueFullError
 from app.serving.cache import TaskStateCache
 from app.serving.model import ServingModel
 from app.serving.pipeline import (
     CheckedRequest,
+    NamedItem,
     Recommendation,
     ScoredItem,
     ScoringLimits,
@@ -31,37 +35,97 @@ from app.storage.request_log import RequestLogEntry, RequestLogSink
 from app.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
-Answer = TypeVar("Answer")
+# recommendations, or onboarding questions (app.serving.questions)
+Answer = TypeVar("Answer", tuple[ScoredItem, ...], tuple[NamedItem, ...])
 
 
 class AnswerMemo(Generic[Answer]):
-    """This process's latest answers by request (the model version in the key), an LRU of at
-    most `max_entries` (ANSWER_CACHE_ENTRIES): a repeated request is answered without decoding
-    the catalog again. Answers are deterministic for a model version and request, so a hit is
-    exact. Recommendations and onboarding questions each keep one."""
+    """This process's latest answers by request, an LRU bounded in bytes (ANSWER_CACHE_BYTES):
+    a repeated request is answered without decoding the catalog again. The key is a sha256 of
+    the weights' sha256 and the whole request (`memo_key`), never the request's own lists, so
+    an entry costs its answer and 32 bytes whatever the request's size. Answers are
+    deterministic for the weights and the request, so a hit is exact. Recommendations and
+    onboarding questions each keep one."""
 
-    def __init__(self, *, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, Answer] = OrderedDict()
+    def __init__(self, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[bytes, tuple[Answer, int]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> Answer | None:
+    def get(self, key: bytes) -> Answer | None:
         with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Answer) -> None:
-        with self._lock:
-            self._entries[key] = value
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
             self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            return entry[0]
+
+    def put(self, key: bytes, value: Answer) -> None:
+        size = answer_bytes(value)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self._bytes -= previous[1]
+            self._entries[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._bytes -= dropped
+
+    @property
+    def bytes(self) -> int:
+        """What the entries are charged (`answer_bytes` each)."""
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+# Python objects of one remembered item (a ScoredItem with slots, two floats or None, its
+# `because` tuple) and of one entry (its key, the OrderedDict node, the tuples); a NamedItem
+# (a `because` entry or a question) is charged its own; the strings are charged by length.
+_ITEM_OVERHEAD_BYTES = 160
+_NAMED_OVERHEAD_BYTES = 56
+_ENTRY_OVERHEAD_BYTES = 250
+
+
+def answer_bytes(items: tuple[ScoredItem, ...] | tuple[NamedItem, ...]) -> int:
+    """What one remembered answer costs in memory, an upper estimate: the item ids and names
+    (their text, plus the str header), the items' `because` entries, the item objects and the
+    entry itself."""
+    total = _ENTRY_OVERHEAD_BYTES
+    for item in items:
+        total += _ITEM_OVERHEAD_BYTES + _text_bytes(item)
+        for liked in item.because if isinstance(item, ScoredItem) else ():
+            total += _NAMED_OVERHEAD_BYTES + _text_bytes(liked)
+    return total
+
+
+def _text_bytes(item: ScoredItem | NamedItem) -> int:
+    return sys.getsizeof(item.item_id) + (sys.getsizeof(item.name) if item.name else 0)
+
+
+def memo_key(*, weights_sha256: str, checked: CheckedRequest) -> bytes:
+    """sha256 of everything an answer depends on: the weights, the support set's digest, k,
+    the excluded set (order does not matter), the candidates in order, the samples."""
+    request = checked.request
+    hasher = hashlib.sha256()
+    for part in (
+        weights_sha256,
+        checked.digest,
+        str(request.k),
+        str(request.uncertainty_samples),
+        json.dumps(sorted(set(request.exclude))),
+        json.dumps(request.candidates),
+    ):
+        hasher.update(part.encode("utf-8", "surrogatepass"))
+        hasher.update(b"\x00")
+    return hasher.digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +134,7 @@ class _Call:
     checked: CheckedRequest
     request_id: str
     started: float  # perf_counter when the recommender got it
-    memo_key: Hashable | None  # None: not remembered (no memo, or an empty support set)
+    memo_key: bytes | None  # None: not remembered (no memo, or an empty support set)
 
 
 class Recommender:
@@ -86,6 +150,7 @@ class Recommender:
         request_log: RequestLogSink,
         max_support: int,
         max_batch: int,
+        max_pending: int | None = None,
         limits: ScoringLimits | None = None,
         on_model_fault: Callable[[ModelFaultError], None] | None = None,
     ) -> None:
@@ -97,7 +162,7 @@ class Recommender:
         self.limits = limits
         self.on_model_fault = on_model_fault
         self.batcher: MicroBatcher[_Call, Recommendation | ModelFaultError] = MicroBatcher(
-            self._answer_calls, max_batch=max_batch, name="recommend-batch"
+            self._answer_calls, max_batch=max_batch, name="recommend-batch", max_pending=max_pending
         )
 
     def recommend(
@@ -122,7 +187,11 @@ class Recommender:
         if remembered is not None:
             self._account(call, remembered)
             return remembered
-        outcome = await self.batcher.submit(call)
+        try:
+            outcome = await self.batcher.submit(call)
+        except QueueFullError as error:
+            self.metrics.overloaded.inc()
+            raise OverloadedError(f"the service is busy ({error}); retry shortly") from error
         if isinstance(outcome, ModelFaultError):
             raise outcome
         return outcome
@@ -134,17 +203,10 @@ class Recommender:
         """The request checked against `model`, once (raises its refusal)."""
         started = time.perf_counter()
         checked = check(model, request, max_support=self.max_support)
-        memo_key = None
+        key = None
         if self.answers is not None and checked.support:
-            memo_key = (
-                model.version,
-                checked.digest,
-                request.k,
-                frozenset(request.exclude),
-                None if request.candidates is None else tuple(request.candidates),
-                request.uncertainty_samples,
-            )
-        return _Call(model, checked, request_id, started, memo_key)
+            key = memo_key(weights_sha256=model.weights_sha256, checked=checked)
+        return _Call(model, checked, request_id, started, key)
 
     def _answer_calls(self, calls: Sequence[_Call]) -> list[Recommendation | ModelFaultError]:
         """Per model (a reload may swap it between two calls): the memo's answers and the
@@ -194,6 +256,7 @@ class Recommender:
         return Recommendation(
             items=list(remembered),
             model_version=call.model.version,
+            model_sha256=call.model.weights_sha256,
             cached=True,
             fallback=None,
             support_size=len(call.checked.support),

@@ -2,12 +2,17 @@
 
 `AuditLog.record` never blocks and never fails the call it describes; rows recorded while the
 database is down wait in the spool (docs/spool.md) and land when it answers again, so a
-refused reload during an outage still leaves its audit row. Knows nothing about HTTP.
+refused reload during an outage still leaves its audit row. Anonymous refusals (401, 404) are
+written at most `anonymous_per_minute` a minute, so a scanner cannot fill the table. Knows
+nothing about HTTP.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
+from typing import Any
 
 from app.storage.spooled_writer import SpooledSqlWriter
 from app.storage.tables import AdminAudit
@@ -17,6 +22,12 @@ class AuditLog(SpooledSqlWriter):
     """A SpooledSqlWriter of `admin_audit` rows."""
 
     model = AdminAudit
+
+    def __init__(self, *args: Any, anonymous_per_minute: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.anonymous_per_minute = anonymous_per_minute  # None: every refusal is written
+        self._window: tuple[int, int] = (0, 0)  # (minute, anonymous refusals written in it)
+        self._window_lock = threading.Lock()
 
     def record(
         self,
@@ -28,8 +39,12 @@ class AuditLog(SpooledSqlWriter):
         status_code: int,
         message: str | None,
         client_ip: str | None,
-    ) -> None:
-        """Queue one audit row (texts cut to their columns; the time is now)."""
+    ) -> bool:
+        """Queue one audit row (texts cut to their columns; the time is now); False when an
+        anonymous refusal past this minute's allowance was left out."""
+        refusal = actor == "anonymous" and status_code in (401, 404)
+        if refusal and not self._anonymous_allowed():
+            return False
         self.add(
             {
                 "at": datetime.now(UTC),
@@ -42,3 +57,19 @@ class AuditLog(SpooledSqlWriter):
                 "client_ip": None if client_ip is None else client_ip[:64],
             }
         )
+        return True
+
+    def _anonymous_allowed(self) -> bool:
+        limit = self.anonymous_per_minute
+        if limit is None:
+            return True
+        minute = int(time.monotonic() // 60)
+        with self._window_lock:
+            start, written = self._window
+            if start != minute:
+                start, written = minute, 0
+            if written >= limit:
+                self._window = (start, written)
+                return False
+            self._window = (start, written + 1)
+            return True

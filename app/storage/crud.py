@@ -6,6 +6,7 @@ settings or HTTP; the request log and the audit have spooled writers of their ow
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -98,13 +99,21 @@ def mark_failed(
 
 def active_version(sessions: SessionFactory) -> str | None:
     """The registry's active version name, or None when nothing was ever activated."""
+    active = active_weights(sessions)
+    return None if active is None else active[0]
+
+
+def active_weights(sessions: SessionFactory) -> tuple[str, str | None] | None:
+    """The registry's active version and its weights' sha256, or None when nothing was ever
+    activated (a retrain may reuse a name: the sha says which weights are active)."""
     with sessions() as session:
-        return session.scalars(
-            select(ModelVersion.name)
+        row = session.execute(
+            select(ModelVersion.name, ModelVersion.sha256)
             .where(ModelVersion.status == STATUS_ACTIVE)
             .order_by(ModelVersion.activated_at.desc())
             .limit(1)
         ).one_or_none()
+        return None if row is None else (row[0], row[1])
 
 
 def activated_since(sessions: SessionFactory, moment: datetime) -> bool:
@@ -149,6 +158,18 @@ def _record(row: ModelVersion) -> VersionRecord:
     )
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, infinity: a metric of a run whose users had
+    nothing to score) as None, which JSON and Postgres' json type both store."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): finite_json(entry) for key, entry in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(entry) for entry in value]
+    return value
+
+
 def _utc(moment: datetime) -> datetime:
     """SQLite hands back naive datetimes (stored as UTC): aware again, so the API's date-times
     always carry their offset."""
@@ -187,7 +208,7 @@ def _upsert(
             row.status, row.message = STATUS_AVAILABLE, None
         row.sha256 = sha256
         metrics = manifest.get("metrics")
-        row.metrics = dict(metrics) if isinstance(metrics, dict) else {}
+        row.metrics = finite_json(metrics) if isinstance(metrics, dict) else {}
         row.created_at = _parse_time(manifest.get("created_at"))
     if error is not None:
         row.status, row.message = STATUS_FAILED, error

@@ -6,7 +6,10 @@ built at import time; the lifespan calls `open_database(settings.database_url)`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,18 +79,46 @@ class Database:
         self.engine.dispose()
 
 
-def open_database(database_url: str, *, migrate: bool) -> Database:
-    """Engine and sessions for `database_url`, after `alembic upgrade head` when `migrate`.
+def open_database(database_url: str, *, migrate: bool | None) -> Database:
+    """Engine and sessions for `database_url`, after `alembic upgrade head` when `migrate`
+    (None: when the database is SQLite, so the embedded default needs no separate step; the
+    workers of one server take turns through a lock file beside the database).
 
     Never raises for a database that is down: a failed migration is logged and the service
     starts without it (writes are then counted as failed by their owners)."""
     engine = make_engine(database_url)
+    if migrate is None:
+        migrate = engine.dialect.name == "sqlite"
     if migrate:
         try:
-            run_migrations(database_url)
+            with _migration_lock(engine):
+                run_migrations(database_url)
         except Exception as error:  # a down DB must not stop the service from starting
             logger.error("migrations failed at start (continuing without): %s", error)
     return Database(engine=engine, sessions=make_session_factory(engine))
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine) -> Iterator[None]:
+    """For a SQLite file: an exclusive lock on `<file>.migrate.lock`, so concurrent workers
+    never run the same migration twice; elsewhere nothing (Postgres runs a one-shot job)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def schema_missing(error: BaseException) -> bool:
+    """Whether a database error says the tables are not there (the database answered: it is
+    not down, it was never migrated)."""
+    text = str(error).lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
 
 
 def migrations_dir() -> Path:

@@ -10,6 +10,8 @@ import fcntl
 import json
 import logging
 import os
+import stat
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -107,7 +109,10 @@ class DiskSpool:
         segment_rows: int = SEGMENT_ROWS,
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        missing = [path for path in (directory, *directory.parents) if not path.exists()]
+        for path in reversed(missing):  # each folder we create is ours alone
+            path.mkdir(mode=0o700, exist_ok=True)
+        check_private(directory)
         self.directory = directory
         self._max_bytes = max_bytes
         self._segment_rows = segment_rows
@@ -252,6 +257,33 @@ class DiskSpool:
             if self._on_drop is not None:
                 self._on_drop(torn)
         return rows
+
+
+def check_private(directory: Path) -> None:
+    """PermissionError unless `directory` is ours alone: owned by this user and writable by
+    no one else, and every folder above it owned by us or root and writable by no one else
+    (or sticky, like /tmp). Rows read back from a spool are written to SQL as they are: a
+    folder another user can write to would let them plant audit or request-log rows. The
+    system's temporary folder is trusted when root owns it, sticky or not (a Kubernetes
+    emptyDir at /tmp is 0777): the folders we make in it are checked."""
+    uid = os.geteuid()
+    temporary = Path(tempfile.gettempdir()).resolve()
+    info = directory.stat()
+    if info.st_uid != uid or info.st_mode & 0o022:
+        raise PermissionError(
+            f"spool directory {directory} must belong to uid {uid} and be writable by it "
+            f"alone (owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
+        )
+    for parent in directory.resolve().parents:
+        info = parent.stat()
+        shared = info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX
+        if parent == temporary and info.st_uid == 0:
+            continue
+        if info.st_uid not in (uid, 0) or shared:
+            raise PermissionError(
+                f"spool directory {directory} sits in {parent}, which another user can change "
+                f"(owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
+            )
 
 
 def _encode(value: object) -> object:

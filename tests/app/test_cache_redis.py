@@ -1,17 +1,15 @@
 """The recommend route against the machine's real Redis (127.0.0.1:6379), then a dead one.
 
-Isolation: the model version name is unique per test session, so every key this file writes is
-`tanp:{unique version}:...`; teardown deletes exactly those keys.
+Isolation: every test's deployment prefix (BROADCAST_PREFIX) is unique, so every key this file
+writes is `test-{unique}:state:...`; teardown deletes exactly those keys.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,11 +36,16 @@ def live_redis() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def unique_models_dir(models_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    version = f"test-{uuid.uuid4().hex[:12]}"
-    root = tmp_path / "models"
-    shutil.copytree(models_dir / "v1", root / version)
-    yield root, version
+def prefix(live_redis: redis.Redis) -> Iterator[str]:
+    """A deployment prefix of this test's own; its keys are deleted at teardown."""
+    unique = f"test-{uuid.uuid4().hex[:12]}:"
+    yield unique
+    for key in live_redis.scan_iter(f"{unique}*"):
+        live_redis.delete(key)
+
+
+def state_keys(live_redis: redis.Redis, prefix: str) -> list[bytes]:
+    return list(live_redis.scan_iter(f"{prefix}state:*"))
 
 
 def cache_errors(client: TestClient) -> float:
@@ -52,28 +55,54 @@ def cache_errors(client: TestClient) -> float:
 
 
 def test_second_identical_request_hits_redis(
-    live_redis: redis.Redis, make_client: AppFactory, unique_models_dir: tuple[Path, str]
+    live_redis: redis.Redis, make_client: AppFactory, prefix: str
 ) -> None:
-    root, version = unique_models_dir
-    try:
-        client = make_client(models_dir=root, redis_url=REDIS_URL)
-        assert client.get("/health").json()["redis"] == "ok"
-        first = client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()
-        keys = list(live_redis.scan_iter(f"tanp:{version}:*"))
-        assert len(keys) == 1
-        ttl = live_redis.ttl(keys[0])
-        assert isinstance(ttl, int)
-        assert 0 < ttl <= 3600
-        # A fresh app (think: another worker) reads the state the first one wrote.
-        other = make_client(models_dir=root, redis_url=REDIS_URL)
-        second = other.post("/v1/recommend", json={"support": SUPPORT[::-1], "k": 15}).json()
-        assert first["cached"] is False
-        assert second["cached"] is True
-        assert second["items"] == first["items"]
-        assert cache_errors(other) == 0
-    finally:
-        for key in live_redis.scan_iter(f"tanp:{version}:*"):
-            live_redis.delete(key)
+    client = make_client(redis_url=REDIS_URL, broadcast_prefix=prefix)
+    assert client.get("/health").json()["redis"] == "ok"
+    first = client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()
+    keys = state_keys(live_redis, prefix)
+    assert len(keys) == 1
+    assert keys[0].decode().startswith(f"{prefix}state:{first['model_sha256']}:")
+    ttl = live_redis.ttl(keys[0])
+    assert isinstance(ttl, int)
+    assert 0 < ttl <= 3600
+    # A fresh app (think: another worker) reads the state the first one wrote.
+    other = make_client(redis_url=REDIS_URL, broadcast_prefix=prefix)
+    second = other.post("/v1/recommend", json={"support": SUPPORT[::-1], "k": 15}).json()
+    assert first["cached"] is False
+    assert second["cached"] is True
+    assert second["items"] == first["items"]
+    assert cache_errors(other) == 0
+
+
+def test_deployments_sharing_one_redis_never_share_states(
+    live_redis: redis.Redis, make_client: AppFactory, prefix: str
+) -> None:
+    """Issue 21 item 8: the task-state keys carry BROADCAST_PREFIX."""
+    other_prefix = f"{prefix}other-"
+    blue = make_client(redis_url=REDIS_URL, broadcast_prefix=prefix, answer_cache_bytes=0)
+    green = make_client(redis_url=REDIS_URL, broadcast_prefix=other_prefix, answer_cache_bytes=0)
+    assert blue.post("/v1/recommend", json={"support": SUPPORT}).json()["cached"] is False
+    assert green.post("/v1/recommend", json={"support": SUPPORT}).json()["cached"] is False
+    assert len(list(live_redis.scan_iter(f"{other_prefix}state:*"))) == 1
+
+
+def test_a_planted_state_that_does_not_fit_is_ignored_and_replaced(
+    live_redis: redis.Redis, make_client: AppFactory, prefix: str
+) -> None:
+    """Issue 21 item 1: a state under the model's key whose support indices fall outside the
+    catalog (or whose widths differ) is recomputed, never served."""
+    from tanp.scoring import pack_state, unpack_state
+
+    client = make_client(redis_url=REDIS_URL, broadcast_prefix=prefix, answer_cache_bytes=0)
+    honest = client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()
+    (key,) = state_keys(live_redis, prefix)
+    state = unpack_state(live_redis.get(key))  # type: ignore[arg-type]
+    planted = state._replace(support_items=state.support_items + 1_000)
+    live_redis.set(key, pack_state(planted))
+    again = client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()
+    assert again["cached"] is False and again["items"] == honest["items"]
+    assert client.post("/v1/recommend", json={"support": SUPPORT, "k": 15}).json()["cached"]
 
 
 def assert_serves_without_cache(client: TestClient) -> None:
@@ -93,7 +122,7 @@ def assert_serves_without_cache(client: TestClient) -> None:
 
 
 def test_unreachable_redis_still_serves(make_client: AppFactory) -> None:
-    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", answer_cache_entries=0)
+    client = make_client(redis_url=f"redis://127.0.0.1:{free_port()}/0", answer_cache_bytes=0)
     assert_serves_without_cache(client)
 
 
@@ -105,7 +134,7 @@ def test_redis_that_never_answers_still_serves(make_client: AppFactory) -> None:
         client = make_client(
             redis_url=f"redis://127.0.0.1:{port}/0",
             redis_timeout_seconds=0.05,
-            answer_cache_entries=0,
+            answer_cache_bytes=0,
         )
         assert_serves_without_cache(client)
 

@@ -143,3 +143,46 @@ def test_the_service_starts_and_serves_with_its_database_down(
     assert health["db"].startswith("down")
     assert wait_for(lambda: failed_writes(client) > 0, timeout=30)
     assert state_of(client).request_log.pending() == 1  # kept for when the database answers
+
+
+@pytest.mark.integration
+def test_a_database_without_the_schema_is_named_as_such_not_as_down(
+    make_client: AppFactory, tmp_path: Path, database: str
+) -> None:
+    """Issue 21 item 9: a reload against a database with no tables answered "retry when the
+    database is back" although the database was up."""
+    models = tmp_path / "models"
+    save_version(models, "v1")
+    client = make_client(
+        models_dir=models,
+        database_url=f"postgresql+psycopg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{database}",
+        migrate_on_start=None,  # not SQLite: never migrated implicitly
+        admin_token="t",
+    )
+    response = client.post(
+        "/admin/models/reload", json={"version": "v1"}, headers={"Authorization": "Bearer t"}
+    )
+    assert response.status_code == 503
+    detail = response.json()["detail"]
+    assert "schema is missing" in detail and "tanp-serve migrate" in detail
+    assert "database is back" not in detail
+
+
+def test_the_embedded_default_migrates_its_sqlite_database_at_start(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    """Issue 21 item 9: SQLite without MIGRATE_ON_START had no tables, so every reload
+    answered 503."""
+    models = tmp_path / "models"
+    save_version(models, "v1")
+    client = make_client(
+        models_dir=models,
+        database_url=f"sqlite:///{tmp_path / 'fresh.db'}",
+        migrate_on_start=None,
+        admin_token="t",
+    )
+    response = client.post(
+        "/admin/models/reload", json={"version": "v1"}, headers={"Authorization": "Bearer t"}
+    )
+    assert response.status_code == 200
+    assert client.get("/health").json()["db"] == "ok"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from app_helpers import AppFactory, TestClient
+from app_helpers import AppFactory, TestClient, state_of
 
 
 def test_apps_have_separate_metrics(make_client: AppFactory) -> None:
@@ -57,3 +57,21 @@ def test_the_page_and_its_files_are_still_served_and_unknown_paths_are_404(
     assert client.get("/app.js").status_code == 200
     missing = client.get("/no/such/page")
     assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+
+
+def test_api_docs_off_serves_no_swagger_page_but_the_schema(make_client: AppFactory) -> None:
+    """Issue 21 item 10: /docs loads Swagger UI from a CDN on the origin where admins paste
+    the token; production (compose, k8s) turns it off."""
+    off = make_client(api_docs=False)
+    assert off.get("/docs").status_code == 404 and off.get("/redoc").status_code == 404
+    assert off.get("/openapi.json").status_code == 200
+    assert make_client(api_docs=True).get("/docs").status_code == 200
+
+
+def test_the_request_log_and_the_audit_share_the_documented_spool_bound(
+    make_client: AppFactory,
+) -> None:
+    """Issue 21 item 10: each log had REQUEST_LOG_SPOOL_BYTES, twice the documented bound."""
+    state = state_of(make_client(request_log_spool_bytes=80_000))
+    bounds = [state.request_log.spool._max_bytes, state.audit_log.spool._max_bytes]  # type: ignore[attr-defined]
+    assert sum(bounds) == 80_000 and all(bounds)

@@ -7,6 +7,7 @@ timed assertions."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -163,3 +164,30 @@ def test_a_worker_stops_when_its_supervisor_is_gone(
     code = "from app.server import die_with_parent; die_with_parent(); import time; time.sleep(0.5)"
     finished = subprocess.run([sys.executable, "-c", code], env=env, timeout=PATIENCE)
     assert finished.returncode == returncode
+
+
+@pytest.mark.integration
+def test_headers_over_max_header_bytes_get_a_431_and_a_50_mb_header_is_never_read(
+    server: LiveServer,
+) -> None:
+    """Issue 21 item 5: a 50 MB header was read whole and answered 200. Past MAX_HEADER_BYTES
+    (16 KiB) the server answers 431 and closes: a client streaming 50 MB is cut off early."""
+    with connect(server) as connection:
+        connection.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 20_000)
+        answer = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b"over 16384 bytes" in answer
+    with connect(server) as connection:
+        connection.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-big: ")
+        sent = 0
+        chunk = b"a" * 65_536
+        with contextlib.suppress(OSError):  # the server closed the connection
+            while sent < 50 * 1024 * 1024:
+                connection.sendall(chunk)
+                sent += len(chunk)
+    assert sent < 50 * 1024 * 1024
+    # headers under the limit are served as before, and the server answers on
+    with connect(server) as connection:
+        connection.sendall(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-ok: " + b"a" * 8_000 + b"\r\n\r\n")
+        connection.settimeout(PATIENCE)
+        assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")

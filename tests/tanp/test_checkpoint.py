@@ -14,6 +14,7 @@ from tanp.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     build_model,
+    read_manifest,
     save_checkpoint,
 )
 from tanp.config import TaNPConfig
@@ -232,7 +233,58 @@ CORRUPT_MANIFESTS: list[tuple[dict[str, object], str]] = [
     ({"model_config.colour": "blue"}, "model_config"),
     ({"weights_sha256": 5}, "sha256"),
     ({"weights_sha256": None}, "sha256"),
+    # issue 21 item 4: types a manifest's JSON can hold but the model cannot use
+    ({"model_config.temperature": "1.0"}, "temperature"),
+    ({"model_config.affinity_scale": "2"}, "affinity_scale"),
+    ({"model_config.label_max": "1"}, "label_max"),
+    ({"model_config.label_max": [1]}, "label_max"),
+    ({"model_config.temperature": float("nan")}, "temperature"),
+    ({"model_config.taste_head": "yes"}, "taste_head"),
+    ({"model_config.z_dim": True}, "z_dim"),
+    ({"model_config.decoder": "transformer"}, "decoder"),
+    ({"model_config.user_input": "everyone"}, "user_input"),
 ]
+
+
+def _write_raw_manifest(run: Path, old: str, new: str) -> None:
+    text = (run / "manifest.json").read_text()
+    assert old in text
+    (run / "manifest.json").write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ('"num_items": 12', '"num_items": ' + "9" * 5_000, "unreadable manifest"),
+        ('"metrics": {}', '"metrics": ' + "[" * 100_000 + "]" * 100_000, "nested too deep"),
+    ],
+    ids=["5000-digit-int", "nested-100000-deep"],
+)
+def test_manifests_json_cannot_convert_are_checkpoint_errors(
+    small_run: Path, old: str, new: str, fragment: str
+) -> None:
+    """Issue 21 item 4: a 5,000-digit integer (ValueError) and a manifest nested 100,000 deep
+    (RecursionError) escaped read_manifest."""
+    _write_raw_manifest(small_run, old, new)
+    with pytest.raises(CheckpointError, match=fragment):
+        read_manifest(small_run)
+    with pytest.raises(CheckpointError, match=fragment):
+        build_model(small_run)
+
+
+def test_unreadable_weights_are_a_checkpoint_error_whoever_runs_the_test(
+    small_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights of mode 0600 written by the trainer as another uid (the API cannot read them);
+    as root here, the denial is simulated where the hash opens the file."""
+    import tanp.checkpoint as checkpoint
+
+    def denied(path: Path) -> str:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoint, "sha256_hex", denied)
+    with pytest.raises(CheckpointError, match="unreadable"):
+        build_model(small_run)
 
 
 @pytest.mark.parametrize(("changes", "fragment"), CORRUPT_MANIFESTS)

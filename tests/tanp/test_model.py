@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -163,3 +165,27 @@ def test_task_state_rows_are_the_rows_of_every_part() -> None:
     torch.testing.assert_close(part.prior.logvar, state.prior.logvar[1:3])
     for name in ("task", "assignment", "support_items", "support_labels", "support_mask"):
         assert torch.equal(getattr(part, name), getattr(state, name)[1:3]), name
+
+
+def test_bayesian_latent_narrows_as_points_are_added() -> None:
+    """With latent_aggregation="bayesian" q(z)'s variance never grows when a point is added
+    (precisions add up), whatever the weights; the padding changes nothing."""
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=30, latent_aggregation="bayesian")).eval()
+    items = torch.randperm(30)[:12].unsqueeze(0)
+    labels = (torch.rand(1, 12) > 0.5).float()
+    variances = []
+    with torch.no_grad():
+        for n in range(0, 13):
+            x = model.point_inputs(items[:, :n])
+            mask = torch.ones(1, n, dtype=torch.bool)
+            variances.append(model.latent(x, labels[:, :n], mask).logvar.exp())
+        padded = model.latent(
+            model.point_inputs(items),
+            labels,
+            torch.arange(12).unsqueeze(0) < 5,
+        )
+    for before, after in itertools.pairwise(variances):
+        assert bool((after <= before + 1e-7).all())
+    torch.testing.assert_close(variances[0], torch.ones_like(variances[0]))  # the prior
+    torch.testing.assert_close(padded.logvar.exp(), variances[5])

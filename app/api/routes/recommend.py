@@ -80,6 +80,7 @@ def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes
                 for item in answer.items
             ],
             "model_version": answer.model_version,
+            "model_sha256": answer.model_sha256,
             "cached": answer.cached,
             "fallback": answer.fallback,
             "request_id": request_id,

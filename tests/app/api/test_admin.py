@@ -124,7 +124,14 @@ def test_list_models_shows_registry_disk_and_workers(admin: TestClient) -> None:
 def test_reload_and_activate_swap_the_served_model_and_the_registry(admin: TestClient) -> None:
     response = reload(admin, "v1")
     assert response.status_code == 200
-    assert response.json() == {"version": "v1", "previous": "v2", "device": "cpu"}
+    sha256 = read_manifest(state_of(admin).settings.models_dir / "v1")["weights_sha256"]
+    assert response.json() == {
+        "version": "v1",
+        "previous": "v2",
+        "device": "cpu",
+        "sha256": sha256,
+        "unconfirmed_workers": [],
+    }
     assert serving_version(admin) == "v1"
     sessions = state_of(admin).database.sessions
     assert active_version(sessions) == "v1"
@@ -343,3 +350,20 @@ def test_audit_rows_keep_unprintable_targets_escaped(admin: TestClient) -> None:
     response = reload(admin, "v1\x00../etc")
     assert response.status_code == 400
     assert audit_rows(admin)[-1].target == "v1\\x00../etc"
+
+
+def test_anonymous_refusals_past_the_minutes_allowance_are_counted_not_stored(
+    make_client: AppFactory, models: Path
+) -> None:
+    """Issue 21 item 7: every anonymous 401/404 on /admin/* wrote an audit row (270 of 345
+    rows in the review)."""
+    client = make_client(models_dir=models, admin_token=TOKEN, audit_anonymous_per_minute=3)
+    for _ in range(10):
+        assert client.get("/admin/models").status_code == 401
+    assert reload(client, "v1").status_code == 200  # an authenticated call is always audited
+    rows = audit_rows(client)
+    assert [(row.actor, row.status_code) for row in rows] == [("anonymous", 401)] * 3 + [
+        ("token", 200)
+    ]
+    metrics = client.get("/metrics").text
+    assert "tanp_admin_audit_sampled_total 7.0" in metrics

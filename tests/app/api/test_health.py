@@ -17,7 +17,32 @@ def test_ready_app(client: TestClient) -> None:
     assert health["status"] == "ok"
     assert (health["model_version"], health["device"]) == ("v1", "cpu")
     assert (health["db"], health["redis"], health["cache"]) == ("ok", "disabled", "memory")
-    assert health["pid"] > 0
+    assert health["pid"] is None and health["workers"] == []  # an operator's details
+
+
+def test_anonymous_callers_get_no_paths_pids_or_database_errors(
+    make_client: AppFactory, tmp_path: Path
+) -> None:
+    """Issue 21 item 10: /readyz and /health gave anyone absolute paths, pids and DB errors."""
+    models = tmp_path / "empty-models"
+    models.mkdir()
+    client = make_client(
+        models_dir=models,
+        admin_token="t",
+        database_url=f"sqlite:///{tmp_path / 'no-such-dir' / 'x.db'}",
+        migrate_on_start=False,
+    )
+    anonymous = client.get("/readyz").json()["detail"]
+    assert "no run directory under MODELS_DIR" in anonymous and str(tmp_path) not in anonymous
+    recommend = client.post("/v1/recommend", json={"support": []}).json()["detail"]
+    assert str(tmp_path) not in recommend
+    health = client.get("/health").json()
+    assert (health["pid"], health["workers"], health["db"]) == (None, [], "down")
+    operator = {"Authorization": "Bearer t"}
+    assert str(models) in client.get("/readyz", headers=operator).json()["detail"]
+    detailed = client.get("/health", headers=operator).json()
+    assert detailed["pid"] > 0 and len(detailed["workers"]) == 1
+    assert detailed["db"].startswith("down: ")
 
 
 def test_metrics_expose_model_info_and_tanp_names(client: TestClient) -> None:

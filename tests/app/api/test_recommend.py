@@ -233,6 +233,7 @@ def test_the_response_json_is_the_response_models() -> None:
             ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
         ],
         model_version="v1",
+        model_sha256="ab" * 32,
         cached=True,
         fallback=None,
         support_size=2,
@@ -241,6 +242,7 @@ def test_the_response_json_is_the_response_models() -> None:
     model = RecommendResponse(
         items=[RecommendedItem(**dataclasses.asdict(item)) for item in answer.items],
         model_version="v1",
+        model_sha256="ab" * 32,
         cached=True,
         fallback=None,
         request_id="r1",

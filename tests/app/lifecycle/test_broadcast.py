@@ -27,7 +27,9 @@ def test_only_other_workers_announcements_are_followed(broadcast: ModelBroadcast
     assert broadcast.announced_by_another(b"not json") is None
     assert broadcast.announced_by_another(json.dumps({"origin": "elsewhere"})) is None
     other = json.dumps({"version": "v2", "origin": "there:7"}).encode()
-    assert broadcast.announced_by_another(other) == "v2"
+    assert broadcast.announced_by_another(other) == ("v2", None)
+    with_weights = json.dumps({"version": "v2", "sha256": "ab", "origin": "there:7"}).encode()
+    assert broadcast.announced_by_another(with_weights) == ("v2", "ab")
 
 
 def test_without_redis_the_worker_list_is_this_worker_and_nothing_raises(

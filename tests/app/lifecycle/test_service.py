@@ -301,7 +301,10 @@ class StaleAnnouncement:
     def announced_version(self) -> str:
         return self.version
 
-    def publish(self, version: str) -> None:
+    def announced(self) -> tuple[str, str | None]:
+        return self.version, None
+
+    def publish(self, version: str, *, sha256: str | None = None) -> None:
         return None
 
     def write_status(self, status: dict[str, Any]) -> None:
@@ -477,3 +480,99 @@ def test_a_registry_read_overtaken_by_an_announcement_does_not_undo_it(
     monkeypatch.setattr(follower.registry, "view", read_while_v2_is_announced)
     follower.reconcile()
     assert serving_version(follower) == "v2"
+
+
+def current_sha(service: ModelService) -> str | None:
+    current = service.holder.current
+    return current.weights_sha256 if current is not None else None
+
+
+def test_a_retrain_under_the_same_name_is_followed_by_its_weights(
+    models: Path, sessions: SessionFactory
+) -> None:
+    """Issue 21 item 2: workers compared names, so a reload of a retrained `v1` left the
+    other workers on the old weights, all labelled `v1`."""
+    leader = make_service(models, sessions, [])
+    follower_swapped: list[str] = []
+    follower = make_service(models, sessions, follower_swapped)
+    leader.activate("v1")
+    follower.reconcile()
+    old = current_sha(follower)
+    assert old is not None and old == current_sha(leader)
+
+    save_version(models, "v1", seed=7)  # the trainer writes into the existing folder
+    activation = leader.activate("v1")
+    assert activation.sha256 == current_sha(leader) != old
+    follower.reconcile()
+    assert current_sha(follower) == activation.sha256
+    assert follower_swapped == ["v1", "v1"]
+    follower.reconcile()  # the same weights: nothing reloaded
+    assert follower_swapped == ["v1", "v1"]
+    follower.follow("v1", old)  # a late announcement of the old weights: not on disk now
+    assert current_sha(follower) == activation.sha256
+
+
+def test_an_exception_in_a_reconcile_round_never_ends_the_loop(
+    models: Path, sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 4: the reconcile loop, `follow` and the listener survive anything."""
+    service = make_service(models, sessions, [])
+    service.reconcile_seconds = 0.01
+    rounds: list[int] = []
+
+    def explode() -> None:
+        rounds.append(1)
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(service, "reconcile", explode)
+    monkeypatch.setattr(service, "_load", lambda version: explode())
+    service.follow("v2")  # never raises
+    service.run_background()
+    try:
+        deadline = time.monotonic() + 30
+        while len(rounds) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        service.stop()
+    assert len(rounds) >= 4
+
+
+def _damage(run_dir: Path, kind: str) -> None:
+    text = (run_dir / "manifest.json").read_text()
+    if kind == "string-temperature":
+        manifest = json.loads(text)
+        manifest["model_config"]["temperature"] = "1.0"
+        text = json.dumps(manifest)
+    elif kind == "5000-digit-int":
+        text = text.replace('"num_items": ', '"num_items": ' + "9" * 5_000 + ', "x": ', 1)
+    else:
+        assert kind == "nested-100000-deep"
+        text = text.replace(
+            '"metrics": ', '"metrics": ' + "[" * 100_000 + "]" * 100_000 + ', "m": ', 1
+        )
+    (run_dir / "manifest.json").write_text(text)
+
+
+MANIFEST_KINDS = ["string-temperature", "5000-digit-int", "nested-100000-deep"]
+
+
+@pytest.mark.parametrize("kind", MANIFEST_KINDS)
+def test_a_manifest_of_every_hostile_kind_is_refused_marked_failed_and_skipped_at_start(
+    models: Path, sessions: SessionFactory, kind: str
+) -> None:
+    """Issue 21 item 4: these reloads answered 500 without marking the version failed, and
+    as the newest folder at start the process exited."""
+    _damage(models / "v2", kind)
+    service = make_service(models, sessions, [])
+    service.start(pinned=None)
+    assert serving_version(service) == "v1"
+    statuses = {record.name: record.status for record in registered_versions(sessions)}
+    assert statuses["v2"] == "failed"
+    with pytest.raises(ModelRefusedError) as refused:
+        service.activate("v2")
+    assert refused.value.status_code == 422
+    assert serving_version(service) == "v1"
+    assert {r.name: r.status for r in registered_versions(sessions)}["v2"] == "failed"
+    restarted = make_service(models, sessions, [])
+    restarted.start(pinned=None)
+    assert serving_version(restarted) == "v1" and active_version(sessions) == "v1"

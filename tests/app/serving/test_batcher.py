@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from app.serving.batcher import MicroBatcher
+from app.serving.batcher import MicroBatcher, QueueFullError
 
 
 def test_calls_that_arrive_while_a_batch_runs_share_the_next_one() -> None:
@@ -61,3 +61,30 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs() ->
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         MicroBatcher(list, max_batch=0, name="test")
+
+
+def test_past_max_pending_a_submission_is_refused_at_once() -> None:
+    """Issue 21 item 7: the queue of calls waiting for a batch was unbounded."""
+    started, release = threading.Event(), threading.Event()
+
+    def run(items: Sequence[int]) -> list[int]:
+        started.set()
+        release.wait(5)
+        return list(items)
+
+    async def main() -> list[int]:
+        batcher: MicroBatcher[int, int] = MicroBatcher(run, max_batch=8, name="test", max_pending=2)
+        try:
+            first = asyncio.ensure_future(batcher.submit(0))
+            await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+            waiting = [asyncio.ensure_future(batcher.submit(item)) for item in (1, 2)]
+            await asyncio.sleep(0)
+            with pytest.raises(QueueFullError):
+                await batcher.submit(3)
+            release.set()
+            return await asyncio.gather(first, *waiting)
+        finally:
+            release.set()
+            batcher.close()
+
+    assert asyncio.run(main()) == [0, 1, 2]

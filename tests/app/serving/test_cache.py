@@ -17,9 +17,12 @@ def test_canonical_support_ignores_order_and_int_float() -> None:
     assert support_digest(first) != support_digest([("a", 1), ("b", 1)])
 
 
-def test_cache_key_layout() -> None:
+def test_cache_key_layout_names_the_weights_and_the_deployment_prefix() -> None:
     digest = support_digest([("a", 1)])
-    assert cache_key(model_version="v7", digest=digest) == f"tanp:v7:{digest}"
+    assert cache_key(weights_sha256="ab12", digest=digest) == f"tanp:state:ab12:{digest}"
+    assert cache_key(weights_sha256="ab12", digest=digest, prefix="blue:") == (
+        f"blue:state:ab12:{digest}"
+    )
     assert len(digest) == 64
 
 

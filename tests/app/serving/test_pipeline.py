@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 from serving_helpers import SUPPORT, RaisingScorer
 
@@ -17,7 +18,7 @@ from app.serving import pipeline
 from app.serving.cache import MemoryCache, TaskStateCache, cache_key, support_digest
 from app.serving.model import ServingModel
 from app.serving.pipeline import Recommendation, ScoringLimits, recommend
-from tanp.scoring import Scorer, rank
+from tanp.scoring import Scorer, pack_state, rank
 
 
 def ask(
@@ -108,12 +109,43 @@ def test_a_malformed_cache_entry_is_a_miss_and_is_replaced(
     model: ServingModel, cache: TaskStateCache
 ) -> None:
     pairs = [(str(item["item_id"]), float(str(item["rating"]))) for item in SUPPORT]
-    key = cache_key(model_version="v1", digest=support_digest(pairs))
+    key = cache_key(weights_sha256=model.weights_sha256, digest=support_digest(pairs))
     cache.store.set(key, b"not a state")
     first = ask(model, cache, support=SUPPORT)
     assert first.cached is False
     again = ask(model, cache, support=SUPPORT)
     assert again.cached is True and again.items == first.items
+
+
+def test_a_state_that_does_not_fit_the_model_is_recomputed_never_served(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    """Issue 21: states planted under the model's key (other widths, support indices outside
+    its catalog, non-finite values) are misses, replaced by the model's own."""
+    pairs = [(str(item["item_id"]), float(str(item["rating"]))) for item in SUPPORT]
+    key = cache_key(weights_sha256=model.weights_sha256, digest=support_digest(pairs))
+    fresh = ask(model, TaskStateCache(MemoryCache(ttl_seconds=60)), support=SUPPORT)
+    own = model.scorer.encode_one([model.index_of[item_id] for item_id, _ in pairs], [1.0] * 3)
+    wide = own._replace(task=torch.zeros(1, own.task.shape[1] + 3))
+    outside = own._replace(support_items=torch.tensor([[0, 1, 10_000]]))
+    nan = torch.full_like(own.prior.mu, float("nan"))
+    not_finite = own._replace(prior=own.prior._replace(mu=nan))
+    for planted in (wide, outside, not_finite):
+        cache.store.set(key, pack_state(planted))
+        answer = ask(model, cache, support=SUPPORT)
+        assert answer.cached is False
+        assert [item.item_id for item in answer.items] == [i.item_id for i in fresh.items]
+    assert ask(model, cache, support=SUPPORT).cached is True
+
+
+def test_new_weights_under_the_same_name_never_read_the_old_states(
+    model: ServingModel, cache: TaskStateCache
+) -> None:
+    ask(model, cache, support=SUPPORT)
+    retrained = dataclasses.replace(model, weights_sha256="f" * 64)
+    assert retrained.version == model.version
+    assert ask(retrained, cache, support=SUPPORT).cached is False
+    assert ask(retrained, cache, support=SUPPORT).model_sha256 == "f" * 64
 
 
 def test_unknown_ids_are_named_per_field(model: ServingModel, cache: TaskStateCache) -> None:

@@ -8,14 +8,15 @@ import dataclasses
 from typing import Any
 
 import pytest
+from app_helpers import ITEMS
 from serving_helpers import SUPPORT, RaisingScorer
 
-from app.errors import ModelFaultError, UnknownItemsError
+from app.errors import ModelFaultError, OverloadedError, UnknownItemsError
 from app.schemas import RecommendRequest
 from app.serving.cache import MemoryCache, TaskStateCache
 from app.serving.model import ServingModel
 from app.serving.pipeline import Recommendation, ScoringLimits
-from app.serving.recommender import AnswerMemo, Recommender
+from app.serving.recommender import AnswerMemo, Recommender, answer_bytes
 from app.storage.request_log import RequestLogEntry
 from app.telemetry import Metrics
 
@@ -132,7 +133,7 @@ def test_the_recommender_applies_its_limits(
 def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
     model: ServingModel,
 ) -> None:
-    memo = AnswerMemo(max_entries=2)
+    memo = AnswerMemo(max_bytes=1_000_000)
     recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)), answers=memo)
 
     def ask(serving: ServingModel, **body: Any) -> Recommendation:
@@ -148,8 +149,28 @@ def test_a_repeated_request_is_answered_from_the_answer_memo_without_scoring(
         ask(broken, support=SUPPORT, k=6, exclude=["a1"])
     with pytest.raises(ModelFaultError):  # and a fault is never remembered
         ask(broken, support=SUPPORT, k=6, exclude=["a1"])
-    other = dataclasses.replace(model, version="v2")
-    assert ask(other, support=SUPPORT, k=5, exclude=["a1"]).cached is False
+    retrained = dataclasses.replace(model, weights_sha256="e" * 64)  # same name, new weights
+    assert ask(retrained, support=SUPPORT, k=5, exclude=["a1"]).cached is False
+
+
+def test_the_answer_memo_is_bounded_in_bytes_and_keeps_no_request_lists(
+    model: ServingModel,
+) -> None:
+    """Issue 21: distinct requests with long exclude lists never hold more than the memo's
+    byte bound, and a key is 32 bytes whatever the request."""
+    memo = AnswerMemo(max_bytes=20_000)
+    recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)), answers=memo)
+    exclusions = [item for item in ITEMS if item not in {s["item_id"] for s in SUPPORT}]
+    for count in range(1, 30):
+        request = RecommendRequest.model_validate(
+            {"support": SUPPORT, "k": 10, "exclude": exclusions[:count]}
+        )
+        recommender.recommend(model=model, request=request, request_id="r")
+        assert memo.bytes <= 20_000
+    assert 0 < len(memo) < 29
+    keys = list(memo._entries)
+    assert all(isinstance(key, bytes) and len(key) == 32 for key in keys)
+    assert answer_bytes(memo._entries[keys[0]][0]) >= 10 * 160
 
 
 def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
@@ -157,7 +178,7 @@ def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
 ) -> None:
     cache = TaskStateCache(MemoryCache(ttl_seconds=60))
     log = RecordingLog()
-    recommender = make_recommender(cache, answers=AnswerMemo(max_entries=8), request_log=log)
+    recommender = make_recommender(cache, answers=AnswerMemo(max_bytes=1_000_000), request_log=log)
     request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
 
     async def twice() -> tuple[Recommendation, Recommendation]:
@@ -178,3 +199,16 @@ def test_recommend_async_batches_new_calls_and_answers_remembered_ones_at_once(
     with pytest.raises(UnknownItemsError):
         recommender.recommend(model=model, request=bad, request_id="r3")
     assert recommender.batcher.batches == 1 and len(log.entries) == 2
+
+
+def test_a_full_batch_queue_answers_503_with_retry_after(model: ServingModel) -> None:
+    recommender = make_recommender(TaskStateCache(MemoryCache(ttl_seconds=60)))
+    recommender.batcher.max_pending = 0  # every call finds the queue full
+    request = RecommendRequest.model_validate({"support": SUPPORT, "k": 4})
+    try:
+        with pytest.raises(OverloadedError) as refused:
+            asyncio.run(recommender.recommend_async(model=model, request=request, request_id="r"))
+    finally:
+        recommender.close()
+    assert refused.value.status_code == 503 and refused.value.headers() == {"Retry-After": "1"}
+    assert recommender.metrics.overloaded._value.get() == 1

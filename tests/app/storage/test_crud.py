@@ -126,3 +126,19 @@ def test_refresh_writes_only_when_the_catalog_differs(sessions: SessionFactory) 
     renamed = [ROWS[0], ROWS[1], CatalogRecord(item_id="b9", name="B", url=None, popularity=0.0)]
     assert refresh_catalog(sessions, rows=renamed) is True
     assert {row.item_id: row.name for row in catalog_rows(sessions)}["b9"] == "B"
+
+
+@pytest.mark.integration
+def test_non_finite_metrics_are_stored_as_null_on_postgres(
+    postgres_sessions: SessionFactory,
+) -> None:
+    """Issue 21 item 6: Postgres' json type refuses NaN, so a run whose metrics held one made
+    the whole registry look down at start and every reload of it answer 503."""
+    nan_run = manifest(1) | {
+        "metrics": {"catalog": {"Recall@20": float("nan"), "HR@10": float("inf")}, "n": [1.5]}
+    }
+    register_version(postgres_sessions, name="nan", path=Path("/m/nan"), manifest=nan_run)
+    mark_active(postgres_sessions, name="nan", path=Path("/m/nan"), manifest=nan_run)
+    (record,) = registered_versions(postgres_sessions)
+    assert record.status == "active" and active_version(postgres_sessions) == "nan"
+    assert record.metrics == {"catalog": {"Recall@20": None, "HR@10": None}, "n": [1.5]}
