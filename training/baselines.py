@@ -19,6 +19,7 @@ from training.item_stats import item_counts, positive_matrix
 
 SHRINK_GRID = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 LAMBDA_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0, 3000.0)
+EASE_MEMO_BYTES = 512 * 2**20  # EASE weight matrices kept for reuse (6 x 59 MB at 3,846 items)
 EASE_MAX_ITEMS = 20000  # a dense (items, items) inverse: skipped above this many active items
 BLEND_SHRINK_GRID = (0.0, 10.0, 50.0, 100.0)
 BLEND_WEIGHT_GRID = (0.0, 0.01, 0.1, 0.3, 1.0, 3.0)
@@ -87,7 +88,7 @@ class Baselines:
         self.matrix = positive_matrix(prepared)
         self.counts = item_counts(self.matrix)
         self.by_item = self.matrix.T.tocsr()
-        self._ease_memo: tuple[float, np.ndarray, np.ndarray] | None = None
+        self._ease_memo: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
     def _liked(self, episodes: EpisodeSet) -> sparse.csr_matrix:
         return liked_matrix(episodes, items=self.items, threshold=self.threshold)
@@ -113,9 +114,11 @@ class Baselines:
     def ease_weights(self, *, reg: float) -> tuple[np.ndarray, np.ndarray]:
         """(active items,) ids and the (active, active) EASE weights (Steck 2019):
         B = I - P diag(1 / diag P), P = (X^T X + lambda I)^-1 over the items with positives.
-        The last lambda's weights are kept: `tune` asks for one lambda many times in a row."""
-        if self._ease_memo is not None and self._ease_memo[0] == reg:
-            return self._ease_memo[1], self._ease_memo[2]
+        Weights are kept per lambda while they fit EASE_MEMO_BYTES (every lambda of the grid
+        on the Last.fm splits), else the last lambda's only: `tune` asks for the chosen lambdas
+        again when it scores the test users, and the cold-start curve tunes again at each n."""
+        if reg in self._ease_memo:
+            return self._ease_memo[reg]
         active = np.flatnonzero(self.counts > 0)
         columns = self.matrix[:, active]
         gram = (columns.T @ columns).toarray().astype(np.float32)
@@ -123,8 +126,11 @@ class Baselines:
         inverse = np.linalg.inv(gram)
         weights = -inverse / np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
-        self._ease_memo = (reg, active, weights.astype(np.float32))
-        return self._ease_memo[1], self._ease_memo[2]
+        kept = sum(matrix.nbytes for _, matrix in self._ease_memo.values())
+        if kept + weights.nbytes > EASE_MEMO_BYTES:
+            self._ease_memo.clear()
+        self._ease_memo[reg] = (active, weights.astype(np.float32))
+        return self._ease_memo[reg]
 
     def ease(self, episodes: EpisodeSet, *, reg: float) -> np.ndarray:
         active, weights = self.ease_weights(reg=reg)
