@@ -20,7 +20,7 @@ from starlette.routing import Match, Mount, Router
 from starlette.types import ASGIApp, Scope
 
 from app.api.middleware import ServiceMiddleware
-from app.api.routes import admin, health, items, recommend
+from app.api.routes import admin, health, items, questions, recommend
 from app.errors import install_error_handlers
 from app.lifecycle.broadcast import ModelBroadcast, worker_id
 from app.lifecycle.service import ModelService
@@ -28,6 +28,7 @@ from app.server import die_with_parent
 from app.serving.cache import ByteStore, MemoryCache, RedisCache, TaskStateCache
 from app.serving.model import ModelHolder, ServingModel
 from app.serving.pipeline import ScoringLimits
+from app.serving.questions import QuestionAsker
 from app.serving.recommender import AnswerMemo, Recommender
 from app.settings import Settings
 from app.state import ServiceState
@@ -133,6 +134,16 @@ def open_state(settings: Settings, metrics: Metrics) -> ServiceState:
             max_pending=settings.batch_max_pending,
             on_model_fault=models.report_fault,
         ),
+        questions=QuestionAsker(
+            answers=(
+                AnswerMemo(max_bytes=settings.answer_cache_bytes)
+                if settings.answer_cache_bytes
+                else None
+            ),
+            metrics=metrics,
+            max_support=settings.max_support,
+            on_model_fault=models.report_fault,
+        ),
     )
 
 
@@ -161,6 +172,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(recommend.router)
+    app.include_router(questions.router)
     app.include_router(items.router)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -32,8 +32,20 @@ RECOMMEND_REQUEST_EXAMPLE: JsonDict = {
 
 RECOMMEND_RESPONSE_EXAMPLE: JsonDict = {
     "items": [
-        {"item_id": "283", "name": "Coldplay", "score": 0.91, "uncertainty": None},
-        {"item_id": "61", "name": "Radiohead", "score": 0.88, "uncertainty": None},
+        {
+            "item_id": "283",
+            "name": "Coldplay",
+            "score": 0.91,
+            "uncertainty": None,
+            "because": [{"item_id": "289", "name": "Keane"}, {"item_id": "72", "name": "Muse"}],
+        },
+        {
+            "item_id": "61",
+            "name": "Radiohead",
+            "score": 0.88,
+            "uncertainty": None,
+            "because": [{"item_id": "72", "name": "Muse"}],
+        },
     ],
     "model_version": "20250101-lastfm",
     "model_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
@@ -90,6 +102,11 @@ class RecommendRequest(BaseModel):
         return self
 
 
+class NamedItem(BaseModel):
+    item_id: str
+    name: str | None
+
+
 class RecommendedItem(BaseModel):
     item_id: str
     name: str | None
@@ -100,6 +117,12 @@ class RecommendedItem(BaseModel):
     uncertainty: float | None = Field(
         description="Std of the score over `uncertainty_samples` draws of z; null when 0 "
         "or for the popularity fallback."
+    )
+    because: list[NamedItem] = Field(
+        description="The liked support items that add most to this item's score through the "
+        "neighbour affinity (item-item similarity), strongest first, at most 2: for 'because "
+        "you liked X and Y'. Empty when no liked item does, for the popularity fallback, and "
+        "for models without the neighbour path."
     )
 
 
@@ -113,6 +136,60 @@ class RecommendResponse(BaseModel):
     )
     cached: bool
     fallback: Literal["popularity"] | None
+    request_id: str
+
+
+QUESTIONS_REQUEST_EXAMPLE: JsonDict = {
+    "support": [{"item_id": "289", "rating": 1}, {"item_id": "1500", "rating": 0}],
+    "k": 5,
+    "exclude": ["72"],
+}
+
+QUESTIONS_RESPONSE_EXAMPLE: JsonDict = {
+    "items": [
+        {"item_id": "89", "name": "Lady Gaga"},
+        {"item_id": "292", "name": "Christina Aguilera"},
+    ],
+    "model_version": "20250101-lastfm",
+    "request_id": "3f2c8e0a9b7d4c1e8f6a5b4c3d2e1f00",
+}
+
+
+class QuestionsRequest(BaseModel):
+    """What a new listener has answered so far and what not to ask again."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [QUESTIONS_REQUEST_EXAMPLE]}
+    )
+
+    support: list[SupportItem] = Field(
+        default_factory=list,
+        max_length=HARD_MAX_LIST,
+        description="The answers so far (liked / not liked), possibly none.",
+    )
+    k: int = Field(default=5, ge=1, le=50, description="How many artists to ask about.")
+    exclude: list[ItemId] = Field(
+        default_factory=list,
+        max_length=HARD_MAX_LIST,
+        description='Never ask these (e.g. answered "don\'t know").',
+    )
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> QuestionsRequest:
+        repeated = _repeated([item.item_id for item in self.support])
+        if repeated:
+            raise ValueError(f"support item ids must be unique; repeated: {repeated}")
+        return self
+
+
+class QuestionsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [QUESTIONS_RESPONSE_EXAMPLE]})
+
+    items: list[NamedItem] = Field(
+        description="The artists to ask about next, best first: likely known to the listener "
+        "and informative for the model; never a support or excluded item."
+    )
+    model_version: str
     request_id: str
 
 

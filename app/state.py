@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from app.lifecycle.service import ModelService
 from app.serving.cache import TaskStateCache
 from app.serving.model import ModelHolder
+from app.serving.questions import QuestionAsker
 from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.storage.audit_log import AuditLog
@@ -31,6 +32,7 @@ class ServiceState:
     request_log: SqlRequestLog
     audit_log: AuditLog
     recommender: Recommender
+    questions: QuestionAsker  # POST /v1/onboarding/questions
 
     def close(self) -> None:
         """Blocking: stop the model threads, flush the request and audit logs, close DB and

@@ -2,7 +2,8 @@
 
     python bench/serve_latency.py --run RUN_DIR --redis-url redis://127.0.0.1:PORT/0 \\
         [--database-url postgresql+psycopg://...] [--workers 2] [--rate 100] [--duration 10] \\
-        [--sweep] [--miss-rates 100,200,...] [--hit-rates 200,400,...]
+        [--sweep] [--miss-rates 100,200,...] [--hit-rates 200,400,...] \\
+        [--endpoint recommend|questions]
 
 The load generator (`bench/loadgen.py`: raw asyncio/uvloop HTTP/1.1, precomputed request
 bytes) runs in a separate process: request i is sent at t0 + i / rate whatever happened to
@@ -16,7 +17,9 @@ Each run's Redis should be empty (a state left by an earlier run would turn a mi
 Then the server time of one request split into its parts, timed in this process on the same
 components the server wires (parse/validate, cache, model, serialise, request log), next to the
 in-process `tanp.scoring` time. Without --run, a 3,846-item model with random weights is saved
-to a temp dir (said in the output).
+to a temp dir (said in the output). `--endpoint questions` loads POST /v1/onboarding/questions
+instead (k = 5; a miss is a support set the answer memo has not seen, a hit a repeated one; no
+in-process breakdown).
 """
 
 from __future__ import annotations
@@ -58,7 +61,10 @@ LASTFM_ITEMS = 3846
 SHORTLIST = int(os.environ.get("SHORTLIST", "500"))  # as the server's setting
 P99_TARGET_MS = 50.0
 HIT_POOL = 32
-PATH = "/v1/recommend"
+ENDPOINTS = {  # --endpoint: the path and the k of every request
+    "recommend": ("/v1/recommend", 10),
+    "questions": ("/v1/onboarding/questions", 5),
+}
 
 
 @dataclass(frozen=True)
@@ -499,10 +505,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", type=Path, default=SHARED, help="HetRec files (listeners)")
     parser.add_argument("--no-breakdown", action="store_true")
+    parser.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="recommend")
     parser.add_argument(
         "--no-fixed", action="store_true", help="skip the two fixed-rate scenarios and in-process"
     )
     args = parser.parse_args(argv)
+    path, k = ENDPOINTS[args.endpoint]
+    in_process_parts = args.endpoint == "recommend" and not args.no_fixed
 
     workdir = Path(tempfile.mkdtemp(prefix="tanp-bench-"))
     models_dir, version, description = prepare_models(args.run, workdir)
@@ -538,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     def bodies_of(supports: list[list[dict[str, Any]]]) -> list[bytes]:
         host = f"127.0.0.1:{port}"
         return [
-            loadgen.post_bytes(host=host, path=PATH, body={"support": s, "k": 10}) for s in supports
+            loadgen.post_bytes(host=host, path=path, body={"support": s, "k": k}) for s in supports
         ]
 
     try:
@@ -564,7 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
             count = int(args.rate * args.duration)
-            load("warm-up", bodies_of(make_supports(200, next(seed))), 50.0)
+            # never faster than the measured rate: a slow endpoint's backlog would spill over
+            slow = min(50.0, args.rate)
+            load("warm-up", bodies_of(make_supports(200, next(seed))), slow)
             if not args.no_fixed:
                 results.append(
                     load(
@@ -574,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
             pool = make_supports(HIT_POOL, 3)
-            load("fill the cache", bodies_of(pool), 50.0)
+            load("fill the cache", bodies_of(pool), slow)
             hit_bodies = bodies_of(pool)
             if not args.no_fixed:
                 hits = [hit_bodies[index % HIT_POOL] for index in range(count)]
@@ -600,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=30)
 
-    if not args.no_fixed:
+    if in_process_parts:
         sample = make_supports(1000, 2)
         results.append(in_process(models_dir / version, sample, cached=False))
         results.append(in_process(models_dir / version, sample, cached=True))
@@ -612,15 +623,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}, "
         f"torch {torch.__version__}; load generator (bench/loadgen.py, asyncio + uvloop, one "
-        "process) on the same machine; latency counted from each request's due time; k=10, "
-        f"support {'5-20 artists of real HetRec listeners' if listeners else '10-20 random items'}\n"
+        f"process) on the same machine; latency counted from each request's due time; {path}, "
+        f"k={k}, support {'5-20 artists of real HetRec listeners' if listeners else '10-20 random items'}\n"
     )
     print(table(results + miss_sweep + hit_sweep))
     if args.sweep:
         print(f"\nknee, misses (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(miss_sweep)}")
         print(f"knee, hits (p99 <= {P99_TARGET_MS:.0f} ms, 0 errors): {knee(hit_sweep)}")
     sys.stdout.flush()
-    if not (args.no_breakdown or args.no_fixed):
+    if in_process_parts and not args.no_breakdown:
         parts = breakdown(
             models_dir / version,
             make_supports(500, next(seed)),

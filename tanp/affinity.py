@@ -69,15 +69,43 @@ class NeighbourAffinity(nn.Module):
         batch, width = targets.shape
         if self.neighbours == 0 or items.shape[1] == 0:
             return torch.zeros(batch, width, FEATURES, device=targets.device)
-        rows = self.neighbour_index[items]  # (B, L, K), sorted
-        wanted = targets.unsqueeze(1).expand(-1, items.shape[1], -1).contiguous()  # (B, L, W)
-        position = torch.searchsorted(rows, wanted).clamp_max(self.neighbours - 1)
-        found = rows.gather(2, position) == wanted
-        similarity = self.neighbour_weight[items].gather(2, position) * found  # (B, L, W)
+        similarity = self._similarity(items, targets)  # (B, L, W)
         weights, counts = self._weights(labels, mask)
         means = (weights @ similarity) / counts  # (B, 2, W)
         closest = (weights[:, :1].transpose(1, 2) * similarity).amax(1)  # (B, W)
         return torch.stack([means[:, 0], closest.clamp_min(0.0), means[:, 1]], dim=-1)
+
+    def similarity(self, *, sources: Tensor, targets: Tensor) -> Tensor:
+        """sim(j, i) of source items j (L,) and target items i (W,): (L, W), j's stored weight
+        for i when i is among j's neighbours, else 0 (the similarity `targets` averages)."""
+        if self.neighbours == 0 or sources.numel() == 0:
+            return torch.zeros(sources.numel(), targets.numel(), device=targets.device)
+        return self._similarity(sources.unsqueeze(0), targets.unsqueeze(0))[0]
+
+    def strongest_liked(
+        self, *, items: Tensor, labels: Tensor, targets: Tensor, limit: int
+    ) -> list[list[int]]:
+        """For each target (W,), the support items (L,) that add most to its mean-liked
+        affinity (`liked_share` x similarity, largest first, ties in support order), at most
+        `limit` of them and only those adding more than 0: "because you liked X"."""
+        liked = liked_share(
+            labels.to(torch.float32), label_min=self.label_min, label_max=self.label_max
+        )
+        contribution = liked.unsqueeze(1) * self.similarity(sources=items, targets=targets)
+        contribution = contribution.transpose(0, 1).cpu()  # (W, L)
+        strongest: list[list[int]] = []
+        for row in contribution:
+            order = torch.argsort(-row, stable=True)[:limit]
+            strongest.append([int(items[position]) for position in order if row[position] > 0])
+        return strongest
+
+    def _similarity(self, items: Tensor, targets: Tensor) -> Tensor:
+        """Support items (B, L), targets (B, W) -> sim(j, i) (B, L, W)."""
+        rows = self.neighbour_index[items]  # (B, L, K), sorted
+        wanted = targets.unsqueeze(1).expand(-1, items.shape[1], -1).contiguous()  # (B, L, W)
+        position = torch.searchsorted(rows, wanted).clamp_max(self.neighbours - 1)
+        found = rows.gather(2, position) == wanted
+        return self.neighbour_weight[items].gather(2, position) * found
 
     def catalog(self, *, items: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
         """Support items/labels/mask (B, L) -> (B, N, 3) for every catalog item."""

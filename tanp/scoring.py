@@ -20,6 +20,7 @@ from tanp.labels import liked_threshold
 from tanp.model import Gaussian, TaNP, TaskState, reparameterise
 
 MAX_UNCERTAINTY_SAMPLES = 32
+BECAUSE_LIMIT = 2  # liked support items named per recommendation ("because you liked X and Y")
 _STATE_MAGIC = b"TNPS"
 # magic, version, z dim, task dim, clusters, support size
 _STATE_HEADER = struct.Struct("<4sHIIII")
@@ -162,6 +163,24 @@ class Scorer:
         ordered = ordered[np.sort(first)]
         ordered = ordered[~np.isin(ordered, support.cpu().numpy())][:count]
         return torch.from_numpy(ordered).unsqueeze(0).to(self.device)
+
+    @torch.inference_mode()
+    def because(
+        self, state: TaskState, *, targets: np.ndarray | Sequence[int], limit: int = BECAUSE_LIMIT
+    ) -> list[list[int]]:
+        """For each target item of one task (B = 1), the liked support items (indices) that add
+        most to its score through the neighbour affinity, at most `limit`, strongest first;
+        empty where none does or the model has no neighbour path (`strongest_liked`)."""
+        target_tensor = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=self.device)
+        if not self.config.neighbours:
+            return [[] for _ in range(target_tensor.numel())]
+        mask = state.support_mask[0]
+        return self.model.affinity.strongest_liked(
+            items=state.support_items[0][mask],
+            labels=state.support_labels[0][mask],
+            targets=target_tensor,
+            limit=limit,
+        )
 
     def _decode(self, state: TaskState, z: Tensor, candidates: Tensor | None) -> Tensor:
         if candidates is None:

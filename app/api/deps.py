@@ -16,6 +16,7 @@ from app.api.middleware import request_id_of
 from app.errors import ModelUnavailableError, NotFoundError, UnauthorizedError
 from app.lifecycle.service import ModelService
 from app.serving.model import ServingModel
+from app.serving.questions import QuestionAsker
 from app.serving.recommender import Recommender
 from app.settings import Settings
 from app.state import ServiceState
@@ -62,6 +63,10 @@ async def get_recommender(state: StateDep) -> Recommender:
     return state.recommender
 
 
+async def get_question_asker(state: StateDep) -> QuestionAsker:
+    return state.questions
+
+
 async def get_request_id(request: Request) -> str:
     return request_id_of(request.scope)
 
@@ -70,6 +75,7 @@ ServingModelDep = Annotated[ServingModel, Depends(get_serving_model)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelServiceDep = Annotated[ModelService, Depends(get_model_service)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+QuestionAskerDep = Annotated[QuestionAsker, Depends(get_question_asker)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 

@@ -65,11 +65,18 @@ class ScoringLimits:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedItem:
+    item_id: str
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ScoredItem:
     item_id: str
     name: str | None
     score: float
     uncertainty: float | None
+    because: tuple[NamedItem, ...] = ()  # liked support items adding most to its score
 
 
 @dataclass(frozen=True)
@@ -192,10 +199,10 @@ def answer(
         try:
             scored = _score(model, cache=cache, checked=requests, limits=limits, started=started)
         except (RuntimeError, IndexError) as error:
-            if _out_of_memory(error):
+            if out_of_memory(error):
                 raise
             if len(requests) == 1:
-                scored = [_scoring_fault(model, error)]
+                scored = [scoring_fault(model, error)]
             else:  # one at a time: each fault is charged to its own request
                 scored = [
                     answer(model=model, cache=cache, checked=[request], limits=limits)[0]
@@ -318,6 +325,7 @@ def _finish(
         chosen=chosen,
         scores=scores,
         uncertainty=uncertainty,
+        because=model.scorer.because(state, targets=chosen),
         started=started,
         cached=cached,
     )
@@ -341,6 +349,7 @@ def _answer(
     scores: np.ndarray,
     uncertainty: list[float] | None,
     started: float,
+    because: list[list[int]] | None = None,
     cached: bool = False,
 ) -> Recommendation:
     items = [
@@ -349,6 +358,7 @@ def _answer(
             name=model.names[index],
             score=score,
             uncertainty=uncertainty[position] if uncertainty is not None else None,
+            because=named(model, because[position]) if because is not None else (),
         )
         for position, (index, score) in enumerate(
             zip(chosen.tolist(), scores.tolist(), strict=True)
@@ -365,6 +375,11 @@ def _answer(
     )
 
 
+def named(model: ServingModel, indices: Sequence[int]) -> tuple[NamedItem, ...]:
+    """Item indices -> their external ids and names."""
+    return tuple(NamedItem(item_id=model.items[i], name=model.names[i]) for i in indices)
+
+
 def _indices(model: ServingModel, ids: list[str], unknown: list[str]) -> list[int]:
     """Model indices of `ids`; ids not in the catalog are appended to `unknown`."""
     index_of = model.index_of
@@ -378,7 +393,7 @@ def _indices(model: ServingModel, ids: list[str], unknown: list[str]) -> list[in
     return found
 
 
-def _scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError:
+def scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError:
     fault = ModelFaultError(
         version=model.version, reason=f"scoring failed: {type(error).__name__}", kind="error"
     )
@@ -386,6 +401,6 @@ def _scoring_fault(model: ServingModel, error: BaseException) -> ModelFaultError
     return fault
 
 
-def _out_of_memory(error: BaseException) -> bool:
+def out_of_memory(error: BaseException) -> bool:
     """Memory exhaustion is the machine's trouble, not the model's: never marked as a fault."""
     return isinstance(error, torch.OutOfMemoryError) or "alloc" in str(error).lower()

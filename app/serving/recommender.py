@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from app.errors import ModelFaultError, OverloadedError
 from app.schemas import RecommendRequest
@@ -23,6 +24,7 @@ from app.serving.cache import TaskStateCache
 from app.serving.model import ServingModel
 from app.serving.pipeline import (
     CheckedRequest,
+    NamedItem,
     Recommendation,
     ScoredItem,
     ScoringLimits,
@@ -33,22 +35,25 @@ from app.storage.request_log import RequestLogEntry, RequestLogSink
 from app.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
+# recommendations, or onboarding questions (app.serving.questions)
+Answer = TypeVar("Answer", tuple[ScoredItem, ...], tuple[NamedItem, ...])
 
 
-class AnswerMemo:
+class AnswerMemo(Generic[Answer]):
     """This process's latest answers by request, an LRU bounded in bytes (ANSWER_CACHE_BYTES):
     a repeated request is answered without decoding the catalog again. The key is a sha256 of
     the weights' sha256 and the whole request (`memo_key`), never the request's own lists, so
     an entry costs its answer and 32 bytes whatever the request's size. Answers are
-    deterministic for the weights and the request, so a hit is exact."""
+    deterministic for the weights and the request, so a hit is exact. Recommendations and
+    onboarding questions each keep one."""
 
     def __init__(self, *, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[bytes, tuple[tuple[ScoredItem, ...], int]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[Answer, int]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key: bytes) -> tuple[ScoredItem, ...] | None:
+    def get(self, key: bytes) -> Answer | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -56,7 +61,7 @@ class AnswerMemo:
             self._entries.move_to_end(key)
             return entry[0]
 
-    def put(self, key: bytes, value: tuple[ScoredItem, ...]) -> None:
+    def put(self, key: bytes, value: Answer) -> None:
         size = answer_bytes(value)
         if size > self.max_bytes:
             return
@@ -81,20 +86,28 @@ class AnswerMemo:
             return len(self._entries)
 
 
-# Python objects of one remembered item (a ScoredItem with slots, two floats or None) and of
-# one entry (its key, the OrderedDict node, the tuples); the strings are charged by length.
+# Python objects of one remembered item (a ScoredItem with slots, two floats or None, its
+# `because` tuple) and of one entry (its key, the OrderedDict node, the tuples); a NamedItem
+# (a `because` entry or a question) is charged its own; the strings are charged by length.
 _ITEM_OVERHEAD_BYTES = 160
+_NAMED_OVERHEAD_BYTES = 56
 _ENTRY_OVERHEAD_BYTES = 250
 
 
-def answer_bytes(items: tuple[ScoredItem, ...]) -> int:
+def answer_bytes(items: tuple[ScoredItem, ...] | tuple[NamedItem, ...]) -> int:
     """What one remembered answer costs in memory, an upper estimate: the item ids and names
-    (their text, plus the str header), the item objects and the entry itself."""
-    text = sum(
-        sys.getsizeof(item.item_id) + (sys.getsizeof(item.name) if item.name else 0)
-        for item in items
-    )
-    return _ENTRY_OVERHEAD_BYTES + len(items) * _ITEM_OVERHEAD_BYTES + text
+    (their text, plus the str header), the items' `because` entries, the item objects and the
+    entry itself."""
+    total = _ENTRY_OVERHEAD_BYTES
+    for item in items:
+        total += _ITEM_OVERHEAD_BYTES + _text_bytes(item)
+        for liked in item.because if isinstance(item, ScoredItem) else ():
+            total += _NAMED_OVERHEAD_BYTES + _text_bytes(liked)
+    return total
+
+
+def _text_bytes(item: ScoredItem | NamedItem) -> int:
+    return sys.getsizeof(item.item_id) + (sys.getsizeof(item.name) if item.name else 0)
 
 
 def memo_key(*, weights_sha256: str, checked: CheckedRequest) -> bytes:
@@ -132,7 +145,7 @@ class Recommender:
         self,
         *,
         cache: TaskStateCache,
-        answers: AnswerMemo | None,
+        answers: AnswerMemo[tuple[ScoredItem, ...]] | None,
         metrics: Metrics,
         request_log: RequestLogSink,
         max_support: int,

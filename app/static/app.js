@@ -1,6 +1,7 @@
-// Onboarding page: search the catalog, rate artists, see recommendations after every change.
-// Talks only to its own origin through relative URLs (GET v1/items, POST v1/recommend); renders
-// every server string with textContent, never as HTML.
+// Onboarding page: answer "do you know these artists?", search the catalog, rate artists, see
+// recommendations (and why) after every change. Talks only to its own origin through relative
+// URLs (POST v1/onboarding/questions, GET v1/items, POST v1/recommend); renders every server
+// string with textContent, never as HTML.
 
 const RECOMMEND_COUNT = 20;
 const UNCERTAINTY_SAMPLES = 8;
@@ -9,11 +10,18 @@ const SEARCH_DELAY_MS = 250;
 const DEFAULT_RETRY_SECONDS = 5;
 const MAX_RETRY_SECONDS = 300;
 const STORAGE_KEY = "tanp-rec.taste.v1";
+const UNKNOWN_KEY = "tanp-rec.unknown.v1";
+const QUESTION_COUNT = 5;
 const LIKE = 1;
 const NOT_FOR_ME = 0;
 
 const elements = {
   status: document.getElementById("status"),
+  questionsHeading: document.getElementById("questions-heading"),
+  questionsRound: document.getElementById("questions-round"),
+  questionsMessage: document.getElementById("questions-message"),
+  questions: document.getElementById("questions"),
+  otherQuestions: document.getElementById("other-questions"),
   modelVersion: document.getElementById("model-version"),
   searchForm: document.getElementById("search-form"),
   searchInput: document.getElementById("search-input"),
@@ -33,6 +41,10 @@ const elements = {
 
 // item_id -> {item_id, name, rating}; insertion order is the order the user rated in.
 const taste = new Map(loadTaste());
+// Artists answered "don't know" (kept, never asked again) and skipped ones (this visit only).
+const unknown = new Set(loadUnknown());
+const skipped = new Set();
+const questions = { controller: null, sequence: 0, retryTimer: 0, items: [], round: 0 };
 const search = { timer: 0, controller: null, sequence: 0 };
 const recommend = { controller: null, sequence: 0, retryTimer: 0, countdownTimer: 0 };
 
@@ -132,6 +144,23 @@ function loadTaste() {
   }
 }
 
+function loadUnknown() {
+  try {
+    const saved = JSON.parse(window.localStorage.getItem(UNKNOWN_KEY) ?? "[]");
+    return Array.isArray(saved) ? saved.filter((id) => typeof id === "string") : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveUnknown() {
+  try {
+    window.localStorage.setItem(UNKNOWN_KEY, JSON.stringify([...unknown]));
+  } catch {
+    // As for the taste list: the page works without storage.
+  }
+}
+
 function saveTaste() {
   try {
     window.localStorage.setItem(STORAGE_KEY, JSON.stringify([...taste.values()]));
@@ -162,6 +191,7 @@ function setRating(item, rating) {
   syncRatingButtons(elements.searchResults);
   syncRatingButtons(elements.recommendations);
   requestRecommendations();
+  pruneQuestions();
 }
 
 function toggleRating(item, rating) {
@@ -385,6 +415,118 @@ function renderTaste() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Questions: "Do you know these artists?" (the next round comes when a round is answered)
+
+function setQuestionsMessage(text, kind = "info") {
+  elements.questionsMessage.textContent = text;
+  elements.questionsMessage.hidden = !text;
+  elements.questionsMessage.dataset.kind = kind;
+}
+
+async function requestQuestions() {
+  window.clearTimeout(questions.retryTimer);
+  questions.controller?.abort();
+  const controller = new AbortController();
+  questions.controller = controller;
+  const sequence = ++questions.sequence;
+  const support = [...taste.values()].map(({ item_id, rating }) => ({ item_id, rating }));
+  const exclude = [...new Set([...unknown, ...skipped])].filter((id) => !taste.has(id));
+  elements.questions.setAttribute("aria-busy", "true");
+  let result;
+  try {
+    result = await callApi("v1/onboarding/questions", {
+      method: "POST",
+      body: { support, k: QUESTION_COUNT, exclude },
+      signal: controller.signal,
+    });
+  } catch (error) {
+    if (error.name === "AbortError" || sequence !== questions.sequence) return;
+    elements.questions.setAttribute("aria-busy", "false");
+    setQuestionsMessage("Network error: the next questions could not be loaded.", "error");
+    elements.otherQuestions.hidden = false;
+    return;
+  }
+  if (sequence !== questions.sequence) return;
+  elements.questions.setAttribute("aria-busy", "false");
+  if (!result.ok) {
+    if (result.status === 503) {
+      const seconds = retrySeconds(result.retryAfter);
+      setQuestionsMessage(`Questions are unavailable for now; retrying in ${seconds} s.`, "error");
+      questions.retryTimer = window.setTimeout(requestQuestions, seconds * 1000);
+    } else {
+      setQuestionsMessage(`Questions failed. ${describeFailure(result)}`, "error");
+    }
+    elements.otherQuestions.hidden = false;
+    return;
+  }
+  questions.items = Array.isArray(result.data?.items) ? result.data.items : [];
+  questions.round += 1;
+  setQuestionsMessage(
+    questions.items.length ? "" : "No more artists to ask about: you have seen them all.",
+  );
+  renderQuestions();
+  if (questions.items.length) {
+    announce(`Round ${questions.round}: ${questions.items.length} artists to answer about.`);
+  }
+}
+
+function answerQuestion(item, answer) {
+  if (answer === null) {
+    unknown.add(item.item_id);
+    saveUnknown();
+    announce(`Noted: you don't know ${displayName(item)}.`);
+    pruneQuestions();
+  } else {
+    setRating(item, answer);
+  }
+}
+
+// Drops the questions answered meanwhile (here or elsewhere on the page); the next round is
+// asked for once none is left.
+function pruneQuestions() {
+  const before = questions.items.length;
+  questions.items = questions.items.filter(
+    (item) => !taste.has(item.item_id) && !unknown.has(item.item_id),
+  );
+  if (questions.items.length === before) return;
+  renderQuestions();
+  if (!questions.items.length) requestQuestions();
+}
+
+function renderQuestions() {
+  elements.questionsRound.textContent = questions.round ? `(round ${questions.round})` : "";
+  elements.otherQuestions.hidden = questions.items.length === 0;
+  renderKeepingFocus(elements.questions, elements.questionsHeading, () => {
+    const rows = questions.items.map((item) => {
+      const row = element("li", { className: "item-row question-row" });
+      row.dataset.itemId = item.item_id;
+      const label = element("div", { className: "item-label" });
+      label.append(element("span", { className: "item-name", text: displayName(item) }));
+      const group = element("div", { className: "rating-buttons", attributes: { role: "group" } });
+      group.setAttribute("aria-label", `Do you know ${displayName(item)}?`);
+      for (const [answer, text, className] of [
+        [LIKE, "Like", "button-like"],
+        [NOT_FOR_ME, "Not for me", "button-dislike"],
+        [null, "Don't know", "button-quiet"],
+      ]) {
+        group.append(
+          button({
+            label: text,
+            name: `${text}: ${displayName(item)}`,
+            className: `button-answer ${className}`,
+            focusKey: `question:${answer}:${item.item_id}`,
+            onClick: () => answerQuestion(item, answer),
+          }),
+        );
+      }
+      row.append(label, group);
+      return row;
+    });
+    elements.questions.replaceChildren(...rows);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
 // Recommendations
 
 function cancelRetry() {
@@ -430,6 +572,12 @@ function showUnavailable(seconds, detail) {
     counter.textContent = String(left);
   }, 1000);
   recommend.retryTimer = window.setTimeout(() => requestRecommendations(), seconds * 1000);
+}
+
+// "X", "X and Y", "X, Y and Z"
+function joinNames(names) {
+  if (names.length < 2) return names.join("");
+  return `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]}`;
 }
 
 function markStale(stale) {
@@ -549,7 +697,15 @@ function showRecommendations(data) {
       fill.style.width = `${(6 + 94 * fraction).toFixed(1)}%`;
       bar.append(fill);
       const body = element("div", { className: "rec-body" });
-      body.append(head, bar, ratingButtons(item, "recs"));
+      body.append(head, bar);
+      const because = Array.isArray(item.because) ? item.because : [];
+      if (because.length) {
+        const names = because.map((liked) => displayName(liked));
+        body.append(
+          element("p", { className: "because", text: `Because you liked ${joinNames(names)}` }),
+        );
+      }
+      body.append(ratingButtons(item, "recs"));
       row.append(body);
       return row;
     });
@@ -582,9 +738,21 @@ elements.searchForm.addEventListener("submit", (event) => {
   event.preventDefault();
   runSearch();
 });
+elements.otherQuestions.addEventListener("click", () => {
+  for (const item of questions.items) skipped.add(item.item_id);
+  questions.items = [];
+  renderQuestions();
+  elements.questionsHeading.focus();
+  requestQuestions();
+});
 elements.clearTaste.addEventListener("click", () => {
   taste.clear();
+  unknown.clear();
+  skipped.clear();
   saveTaste();
+  saveUnknown();
+  questions.round = 0;
+  requestQuestions();
   renderTaste();
   syncRatingButtons(elements.searchResults);
   syncRatingButtons(elements.recommendations);
@@ -598,3 +766,4 @@ window.addEventListener("online", () => {
 
 renderTaste();
 requestRecommendations();
+requestQuestions();

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app_helpers import ITEMS, NAMES, tiny_model
+import torch
+from app_helpers import ITEMS, NAMES, NUM_ITEMS, tiny_model
 
 from app.storage.db import SessionFactory, make_engine, make_session_factory, run_migrations
 from tanp.checkpoint import save_checkpoint
+from tanp.model import TaNP, TaNPConfig
 
 # A web page for every other item; "" where the dataset has none.
 URLS = [
@@ -43,3 +45,17 @@ def migrated_sqlite(path: Path) -> tuple[str, SessionFactory]:
     url = f"sqlite:///{path}"
     run_migrations(url)
     return url, make_session_factory(make_engine(url))
+
+
+def save_poisoned_version(root: Path, name: str) -> None:
+    """A model that loads (finite weights, probe fine) but whose answers turn non-finite when
+    a5 is in the support: a5's four neighbours are all a6 at weight 3e38 (the kind of value one
+    flipped exponent bit makes), and their sum overflows float32."""
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=4))
+    model.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
+    index = torch.arange(NUM_ITEMS).repeat(4, 1).T.contiguous()
+    weight = torch.full((NUM_ITEMS, 4), 0.1)
+    index[5], weight[5] = 6, 3e38
+    model.affinity.set_neighbours(index, weight)
+    save_checkpoint(root / name, model=model, items=ITEMS, item_names=NAMES, version=name)

@@ -338,6 +338,85 @@ def test_onboarding_flow(browser: Browser, live_server: LiveServer, tmp_path: Pa
             live_server.app.state.service.models.follow(VERSION)
 
 
+def question_ids(page: Page) -> list[str]:
+    rows: list[str] = page.locator("#questions > li").evaluate_all(
+        "rows => rows.map(row => row.dataset.itemId)"
+    )
+    return rows
+
+
+def answer(page: Page, item_id: str, label: str) -> None:
+    """Press `label` ("Like", "Not for me", "Don't know") on question `item_id`; wait for the
+    question to go."""
+    name = NAMES[int(item_id)]
+    page.get_by_role("button", name=f"{label}: {name}", exact=True).click()
+    expect(page.locator(f'#questions > li[data-item-id="{item_id}"]')).to_have_count(0)
+
+
+def test_a_new_listener_answers_two_rounds_of_questions_and_sees_why(
+    browser: Browser, live_server: LiveServer, tmp_path: Path
+) -> None:
+    context, page, log = open_page(browser, width=1280, height=900)
+    try:
+        page.goto(f"{live_server.base_url}/")
+        expect(
+            page.get_by_role("heading", name=re.compile("Do you know these artists"))
+        ).to_be_visible()
+        expect(page.locator("#questions-round")).to_have_text("(round 1)")
+        expect(page.locator("#questions > li")).to_have_count(5)
+        first_round = question_ids(page)
+        # Round 1: two liked, one not, two unknown.
+        for item_id, label in zip(
+            first_round, ["Like", "Like", "Not for me", "Don't know", "Don't know"], strict=True
+        ):
+            answer(page, item_id, label)
+        expect(page.locator("#questions-round")).to_have_text("(round 2)")
+        expect(page.locator("#questions > li")).to_have_count(5)
+        second_round = question_ids(page)
+        assert not set(second_round) & set(first_round)
+        for item_id, label in zip(
+            second_round, ["Like", "Don't know", "Not for me", "Don't know", "Like"], strict=True
+        ):
+            answer(page, item_id, label)
+        expect(page.locator("#questions-round")).to_have_text("(round 3)")
+        third_round = question_ids(page)
+        assert not set(third_round) & (set(first_round) | set(second_round))
+
+        settled(page)
+        liked = [first_round[0], first_round[1], second_round[0], second_round[4]]
+        disliked = [first_round[2], second_round[2]]
+        expect(page.locator("#taste-count")).to_have_text("(4 liked, 2 not for me)")
+        expect(page.locator("#fallback-note")).to_be_hidden()
+        rows = shown(page)
+        assert len(rows) == 20
+        assert not set(liked + disliked) & {row["item_id"] for row in rows}
+        # Each recommendation says which liked artists it comes from, as the API does.
+        direct = api_recommend(
+            live_server.base_url,
+            [{"item_id": item, "rating": 1} for item in liked]
+            + [{"item_id": item, "rating": 0} for item in disliked],
+        )
+        expected = [
+            " and ".join(NAMES[int(because["item_id"])] for because in item["because"])
+            for item in direct["items"]
+        ]
+        lines = page.locator("#recommendations > li").evaluate_all(
+            "rows => rows.map(row => row.querySelector('.because')?.textContent ?? '')"
+        )
+        assert [line.removeprefix("Because you liked ") for line in lines] == expected
+        assert any(lines), "no recommendation was explained"
+        assert all(
+            all(liked_item["item_id"] in liked for liked_item in item["because"])
+            for item in direct["items"]
+        )
+        screenshot = tmp_path / "onboarding-questions.png"
+        page.screenshot(path=str(screenshot))
+        print(f"screenshot (questions and explained recommendations): {screenshot}")
+        assert not log.page_errors
+    finally:
+        context.close()
+
+
 def test_phone_width_nothing_overflows(
     browser: Browser, live_server: LiveServer, tmp_path: Path
 ) -> None:
@@ -359,7 +438,7 @@ def test_phone_width_nothing_overflows(
                 return {top: box.top, bottom: box.bottom, left: box.left, right: box.right};
             })"""
         )
-        assert len(boxes) == 3
+        assert len(boxes) == 4
         assert all(upper["bottom"] <= lower["top"] for upper, lower in itertools.pairwise(boxes))
         assert all(box["left"] >= 0 and box["right"] <= 390 for box in boxes)
         screenshot = tmp_path / "onboarding-phone.png"

@@ -68,3 +68,41 @@ def test_sorted_neighbours_sorts_each_row_by_item_and_keeps_its_weights() -> Non
     rows, weights = sorted_neighbours(index, weight)
     torch.testing.assert_close(rows, torch.tensor([[1, 3, 4], [0, 0, 2]]))
     torch.testing.assert_close(weights, torch.tensor([[0.1, 0.3, 0.4], [0.5, 0.0, 0.2]]))
+
+
+def test_similarity_is_each_source_items_stored_weight_for_each_target() -> None:
+    module = affinity_module()
+    similarity = module.similarity(sources=torch.tensor([0, 4]), targets=torch.tensor([1, 2, 5, 9]))
+    expected = torch.tensor([[0.9, 0.5, 0.1, 0.0], [0.0, 0.0, 0.9, 0.1]])
+    torch.testing.assert_close(similarity, expected)
+
+
+def test_strongest_liked_names_liked_support_items_by_contribution_never_disliked_ones() -> None:
+    module = affinity_module()
+    # item 5: 0.9 from 4 (liked), 0.1 from 0 (liked), 0.5 from 3 (disliked); item 11 from none
+    strongest = module.strongest_liked(
+        items=torch.tensor([0, 3, 4]),
+        labels=torch.tensor([1.0, 0.0, 1.0]),
+        targets=torch.tensor([5, 11]),
+        limit=2,
+    )
+    assert strongest == [[4, 0], []]
+    one = module.strongest_liked(
+        items=torch.tensor([0, 3, 4]),
+        labels=torch.tensor([1.0, 0.0, 1.0]),
+        targets=torch.tensor([5]),
+        limit=1,
+    )
+    assert one == [[4]]
+
+
+def test_strongest_liked_weighs_graded_ratings_by_their_liked_share() -> None:
+    module = affinity_module(label_max=5.0)
+    # target 2: item 0 rated 5 (share 1) x 0.5 against item 1 rated 2 (share 0.4) x 0.9
+    strongest = module.strongest_liked(
+        items=torch.tensor([0, 1]),
+        labels=torch.tensor([5.0, 2.0]),
+        targets=torch.tensor([2]),
+        limit=2,
+    )
+    assert strongest == [[0, 1]]

@@ -141,3 +141,20 @@ def test_batched_encode_and_stacked_states_score_as_one_at_a_time() -> None:
     torch.testing.assert_close(
         scorer.scores(stacked), torch.cat([scorer.scores(single) for single in singles])
     )
+
+
+def test_because_names_the_liked_support_items_that_feed_each_targets_affinity() -> None:
+    torch.manual_seed(0)
+    model = TaNP(TaNPConfig(num_items=12, neighbours=2)).eval()
+    index = torch.tensor([[(i + 1) % 12, (i + 2) % 12] for i in range(12)])
+    model.affinity.set_neighbours(index, torch.tensor([[0.8, 0.3]]).expand(12, -1))
+    scorer = Scorer(model)
+    state = scorer.encode_one([0, 1, 6], [1.0, 1.0, 0.0])
+    # 2: 0.8 from 1, 0.3 from 0; 1 is a support item but 0 names it; 7 only from disliked 6
+    assert scorer.because(state, targets=np.array([2, 1, 7, 10])) == [[1, 0], [0], [], []]
+    assert scorer.because(state, targets=[2], limit=1) == [[1]]
+
+
+def test_because_is_empty_without_a_neighbour_path(model: TaNP) -> None:
+    scorer = Scorer(model)
+    assert scorer.because(scorer.encode_one([1, 2], [1.0, 1.0]), targets=[3, 4]) == [[], []]

@@ -73,6 +73,9 @@ def recommend_response_json(answer: Recommendation, *, request_id: str) -> bytes
                     "name": item.name,
                     "score": item.score,
                     "uncertainty": item.uncertainty,
+                    "because": [
+                        {"item_id": liked.item_id, "name": liked.name} for liked in item.because
+                    ],
                 }
                 for item in answer.items
             ],

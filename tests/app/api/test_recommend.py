@@ -10,16 +10,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-from app_helpers import ITEMS, NAMES, NUM_ITEMS, AppFactory, TestClient, state_of, tiny_model
+from app_helpers import ITEMS, NAMES, AppFactory, TestClient, state_of, tiny_model
+from model_versions import save_poisoned_version
 
 from app.api.routes.recommend import recommend_response_json
 from app.schemas import RecommendedItem, RecommendResponse
-from app.serving.pipeline import Recommendation, ScoredItem
+from app.serving.pipeline import NamedItem, Recommendation, ScoredItem
 from app.storage.crud import registered_versions
 from app.storage.request_log import RequestLogEntry
-from tanp.checkpoint import save_checkpoint
-from tanp.model import TaNP, TaNPConfig
 from tanp.scoring import Scorer, rank
 
 SUPPORT = [
@@ -74,6 +72,7 @@ def test_fallback_and_uncertainty_reach_the_json(client: TestClient) -> None:
     fallback = post(client, {"support": [], "k": 2, "uncertainty_samples": 4}).json()
     assert fallback["fallback"] == "popularity"
     assert [item["uncertainty"] for item in fallback["items"]] == [None, None]
+    assert [item["because"] for item in fallback["items"]] == [[], []]
     sampled = post(client, {"support": SUPPORT, "k": 3, "uncertainty_samples": 4}).json()
     assert sampled["fallback"] is None
     assert all(item["uncertainty"] > 0 for item in sampled["items"])
@@ -196,20 +195,6 @@ def test_no_model_gives_503_with_retry_after(make_client: AppFactory, tmp_path: 
     assert response.headers["X-Request-ID"]
 
 
-def save_poisoned_version(root: Path, name: str) -> None:
-    """A model that loads (finite weights, probe fine) but whose answers turn non-finite when
-    a5 is in the support: a5's four neighbours are all a6 at weight 3e38 (the kind of value one
-    flipped exponent bit makes), and their sum overflows float32."""
-    torch.manual_seed(0)
-    model = TaNP(TaNPConfig(num_items=NUM_ITEMS, neighbours=4))
-    model.item_popularity.copy_(torch.arange(NUM_ITEMS, 0, -1, dtype=torch.float32))
-    index = torch.arange(NUM_ITEMS).repeat(4, 1).T.contiguous()
-    weight = torch.full((NUM_ITEMS, 4), 0.1)
-    index[5], weight[5] = 6, 3e38
-    model.affinity.set_neighbours(index, weight)
-    save_checkpoint(root / name, model=model, items=ITEMS, item_names=NAMES, version=name)
-
-
 def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_failed(
     make_client: AppFactory, tmp_path: Path
 ) -> None:
@@ -238,7 +223,13 @@ def test_a_model_that_breaks_an_invariant_answers_503_counts_it_and_is_marked_fa
 def test_the_response_json_is_the_response_models() -> None:
     answer = Recommendation(
         items=[
-            ScoredItem(item_id="7", name="Sigur Rós", score=0.25, uncertainty=0.125),
+            ScoredItem(
+                item_id="7",
+                name="Sigur Rós",
+                score=0.25,
+                uncertainty=0.125,
+                because=(NamedItem(item_id="3", name="Björk"), NamedItem(item_id="9", name=None)),
+            ),
             ScoredItem(item_id="x", name=None, score=-1.5, uncertainty=None),
         ],
         model_version="v1",

@@ -268,3 +268,30 @@ def test_a_scoring_error_in_a_batch_is_charged_to_each_request_alone(
     outcomes = pipeline.answer(model=broken, cache=cache, checked=checked, limits=None)
     assert isinstance(outcomes[0], ModelFaultError) and isinstance(outcomes[2], ModelFaultError)
     assert isinstance(outcomes[1], Recommendation) and outcomes[1].fallback == "popularity"
+
+
+def test_because_names_the_liked_support_items_whose_neighbours_an_item_is(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    support = [
+        {"item_id": "a3", "rating": 1},
+        {"item_id": "a5", "rating": 1},
+        {"item_id": "a20", "rating": 0},
+    ]
+    answer = ask(neighbour_model, cache, support=support, k=NUM_ITEMS)
+    because = {item.item_id: [liked.item_id for liked in item.because] for item in answer.items}
+    # neighbours: a3 -> a4, a5, a6; a5 -> a6, a7, a8; a20 (not liked) -> a21, a22, a23
+    assert because["a6"] == ["a3", "a5"]
+    assert because["a4"] == ["a3"]
+    assert because["a7"] == because["a8"] == ["a5"]
+    assert all(not because[item] for item in because if item not in {"a4", "a6", "a7", "a8"})
+    named = next(item for item in answer.items if item.item_id == "a6").because
+    assert [liked.name for liked in named] == [NAMES[3], NAMES[5]]
+
+
+def test_because_is_empty_for_the_popularity_fallback(
+    neighbour_model: ServingModel, cache: TaskStateCache
+) -> None:
+    answer = ask(neighbour_model, cache, support=[], k=10)
+    assert answer.fallback == "popularity"
+    assert all(item.because == () for item in answer.items)
