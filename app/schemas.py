@@ -116,7 +116,8 @@ class RecommendedItem(BaseModel):
     )
     uncertainty: float | None = Field(
         description="Std of the score over `uncertainty_samples` draws of z; null when 0 "
-        "or for the popularity fallback."
+        "or for the popularity fallback. It shrinks as ratings are added, but it is not a "
+        "confidence: it does not predict which items are hits (README, Results)."
     )
     because: list[NamedItem] = Field(
         description="The liked support items that add most to this item's score through the "
