@@ -58,6 +58,9 @@ import psycopg
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory
+
+from memory import maximal_body
 
 from tests.support.live_server import LiveServer, alive
 from tests.support.network import TcpProxy, free_port
@@ -312,18 +315,11 @@ def flood(*, port: int, items: list[str], stop: Any, run: str, counts: dict[str,
         while not stop.is_set():
             started = time.monotonic()
             index += 1
-            chosen = generator.sample(items, 5)
-            others = [item for item in items if item not in chosen]
-            body = {
-                "support": [{"item_id": item, "rating": 1} for item in chosen],
-                "k": 100,
-                "exclude": generator.sample(others, min(3700, len(others) - 120)),
-                "candidates": generator.sample(others, min(3800, len(others))),
-            }
+            body = maximal_body(items, generator)
             try:
                 response = client.post(
                     "/v1/recommend",
-                    content=json.dumps(body, separators=(",", ":")),
+                    content=body,
                     headers={"X-Request-ID": f"{run}f-{index}", "Content-Type": "application/json"},
                 )
                 key = str(response.status_code)
