@@ -6,7 +6,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 SERVE_STAMP := $(VENV)/.serve-installed
 
 .PHONY: install install-dev system-deps hooks lint typecheck imports test test-fast bench demo serve \
-	compose-smoke replicas-smoke lock clean
+	compose-smoke compose-fuzz replicas-smoke lock clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,10 @@ demo: install
 # The README's production path on a Docker engine (../shared/tools/container-engine.sh up).
 compose-smoke:
 	bash scripts/compose_smoke.sh
+
+# bench/fuzz.py against the compose deployment (minutes; not in CI): docs/reliability.md.
+compose-fuzz: install-dev
+	bash scripts/compose_fuzz.sh
 
 # Three api replicas behind HAProxy under load: a replica killed, one added, a reload, Redis
 # restarted; the proxy's cost (README "Replicas and Kubernetes").
