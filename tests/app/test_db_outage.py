@@ -9,7 +9,6 @@ wait in the spool; once the proxy is back they are written, with the new ones.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,26 +19,21 @@ from model_versions import save_version
 
 from tests.support.network import TcpProxy, free_port
 from tests.support.polling import wait_for
+from tests.support.postgres import (
+    POSTGRES_ADMIN,
+    POSTGRES_HOST,
+    POSTGRES_PORT,
+    throwaway_database,
+)
 
-POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
-POSTGRES_ADMIN = f"host={POSTGRES_HOST} port={POSTGRES_PORT} user=postgres dbname=postgres"
 RECOMMEND = {"support": [{"item_id": "a1", "rating": 1}], "k": 3}
 
 
 @pytest.fixture
 def database() -> Iterator[str]:
     """A fresh Postgres database for this test, dropped afterwards."""
-    name = f"tanp_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN + " connect_timeout=3", autocommit=True)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no Postgres on {POSTGRES_HOST}:{POSTGRES_PORT}: {error}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield name
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database() as name:
+        yield name
 
 
 @pytest.fixture

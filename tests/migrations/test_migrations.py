@@ -6,12 +6,10 @@ database and drop it afterwards; they skip when no server answers on 127.0.0.1:5
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -20,24 +18,16 @@ from sqlalchemy import Column, Integer, MetaData, inspect
 
 from app.storage.db import alembic_config, make_engine, run_migrations
 from app.storage.tables import Base
+from tests.support.postgres import database_url as postgres_database_url
+from tests.support.postgres import throwaway_database
 
-POSTGRES_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"
 TABLES = {"model_versions", "catalog_items", "request_log", "admin_audit"}
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
-    name = f"tanp_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN, autocommit=True)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no Postgres on 127.0.0.1:5432: {error}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database() as name:
+        yield postgres_database_url(name)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
