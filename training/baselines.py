@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sparse
+import torch
 
 from training.compare import per_user_headline, selection_score
 from training.episodes import EpisodeSet, Prepared
@@ -123,7 +124,11 @@ class Baselines:
         columns = self.matrix[:, active]
         gram = (columns.T @ columns).toarray().astype(np.float32)
         gram[np.diag_indices_from(gram)] = self.counts[active] + reg
-        inverse = np.linalg.inv(gram)
+        # the Gram matrix plus lambda I is symmetric positive definite: a Cholesky inverse on
+        # torch's thread budget (1 in training) took 0.6 s at 3,846 items against 1.8 s for
+        # numpy's LU inverse on two threads
+        factor = torch.linalg.cholesky(torch.from_numpy(gram))
+        inverse = torch.cholesky_inverse(factor).numpy()
         weights = -inverse / np.diag(inverse)[None, :]
         np.fill_diagonal(weights, 0.0)
         kept = sum(matrix.nbytes for _, matrix in self._ease_memo.values())
