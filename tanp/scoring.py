@@ -108,11 +108,8 @@ class Scorer:
         head = self.model.shortlist
         if head is None:
             raise ValueError("this model has no shortlist head")
-        user = head.user_side(state.prior.mu, state.task)[0]  # (X + 3,)
-        first = self.item_x @ user[: head.x_dim]  # (N,)
         affinity = self.model.target_affinity(state, None)
-        if affinity is not None:
-            first += affinity[0] @ user[head.x_dim :]
+        first = head(head.user_side(state.prior.mu, state.task), self.item_x, affinity)[0]
         if exclude is not None and exclude.numel():
             first[exclude.to(self.device)] = -torch.inf
         # NaN first-pass scores sort last; the decoder's scores are checked by the caller

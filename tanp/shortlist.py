@@ -16,13 +16,13 @@ from torch.nn import functional as F
 
 from tanp.affinity import FEATURES as AFFINITY_FEATURES
 from tanp.config import TaNPConfig
+from tanp.decoder import DECODE_POINTS
 
 if TYPE_CHECKING:
     from tanp.model import TaNP
 
 TEACHER_TOP = 64  # each episode's best items by the decoder, always among the distilled ones
 SAMPLED_ITEMS = 448  # plus this many uniform catalog items per episode
-DECODE_POINTS = 16384  # (episode, item) pairs the teacher decodes at once
 
 
 class ShortlistHead(nn.Module):
